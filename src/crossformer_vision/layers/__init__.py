@@ -1,0 +1,21 @@
+"""Building blocks of CrossFormer / CrossFormer++."""
+
+from .attention import MASK_VALUE, GroupAttention
+from .embed import CrossScaleEmbedding, CrossScalePatchMerging, split_channels
+from .grouping import LDA_RULES, GroupLayout, LdaRule, plan_group_layout
+from .position_bias import DynamicPositionBias, relative_offsets, relative_position_index
+
+__all__ = [
+    "LDA_RULES",
+    "MASK_VALUE",
+    "CrossScaleEmbedding",
+    "CrossScalePatchMerging",
+    "DynamicPositionBias",
+    "GroupAttention",
+    "GroupLayout",
+    "LdaRule",
+    "plan_group_layout",
+    "relative_offsets",
+    "relative_position_index",
+    "split_channels",
+]

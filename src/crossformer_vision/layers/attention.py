@@ -1,0 +1,99 @@
+"""Group self-attention with the dynamic position bias (the SDA / LDA attention of CrossFormer)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from timm.layers import use_fused_attn
+from torch import nn
+
+from .grouping import GroupLayout
+from .position_bias import DynamicPositionBias
+
+__all__ = ["MASK_VALUE", "GroupAttention"]
+
+# The official code adds -1e6 (not -inf) to the scores of padded keys; we keep the value so outputs match.
+MASK_VALUE = -1e6
+
+
+class GroupAttention(nn.Module):
+    """Multi-head self-attention inside each group of a :class:`GroupLayout`.
+
+    ``softmax(q k^T * scale + B + M) v`` where ``B`` is the dynamic position bias of the group shape and
+    ``M`` masks padded keys. Queries of padded tokens are never computed; ``qkv`` and ``proj`` run on the
+    real tokens only (a padded key has exactly zero weight, so this changes no output).
+
+    Args:
+        dim: Channels C.
+        num_heads: Heads (C must be divisible by it).
+        qkv_bias: Bias in the qkv projection.
+        qk_scale: Override of the ``head_dim ** -0.5`` scale.
+        attn_drop: Dropout on attention weights.
+        proj_drop: Dropout after the output projection.
+        fused_attn: Use ``F.scaled_dot_product_attention`` (default: timm's global setting).
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        qkv_bias: bool = True,
+        qk_scale: float | None = None,
+        attn_drop: float = 0.0,
+        proj_drop: float = 0.0,
+        fused_attn: bool | None = None,
+    ):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
+        if dim < 16:
+            raise ValueError(f"dim {dim} is too small: the position-bias MLP has dim/16 channels, so dim must be >= 16")
+        self.dim = dim
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.scale = qk_scale or self.head_dim**-0.5
+        self.fused_attn = use_fused_attn() if fused_attn is None else fused_attn
+        self.pos = DynamicPositionBias(dim // 16, num_heads)
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.attn_drop = nn.Dropout(attn_drop)
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def attention_mask(self, layout: GroupLayout, dtype: torch.dtype) -> torch.Tensor:
+        """Position bias plus padding mask: [heads, N, N], or [num_groups, heads, N, N] with padding."""
+        bias = self.pos(*layout.group).to(dtype)
+        if not layout.needs_padding:
+            return bias
+        valid = layout.key_valid(bias.device)
+        pad = torch.zeros(valid.shape, dtype=dtype, device=bias.device).masked_fill_(~valid, MASK_VALUE)
+        return bias.unsqueeze(0) + pad[:, None, None, :]
+
+    def forward(self, x: torch.Tensor, layout: GroupLayout) -> torch.Tensor:
+        """[B, H, W, C] normalised tokens -> [B, H, W, C]."""
+        B, H, W, C = x.shape
+        (rh, rw), (gh, gw), (ih, iw) = layout.regions, layout.group, layout.interval
+        hp, wp = layout.padded
+        heads, hd = self.num_heads, self.head_dim
+
+        qkv = self.qkv(x)
+        if layout.needs_padding:
+            qkv = F.pad(qkv, (0, 0, 0, wp - W, 0, hp - H))
+        # one copy: [B, Hp, Wp, 3C] -> [3, B, groups, heads, N, hd]
+        qkv = qkv.view(B, rh, gh, ih, rw, gw, iw, 3, heads, hd).permute(7, 0, 1, 4, 3, 6, 8, 2, 5, 9)
+        q, k, v = qkv.reshape(3, B, layout.num_groups, heads, gh * gw, hd).unbind(0)
+        mask = self.attention_mask(layout, q.dtype)
+
+        if self.fused_attn:
+            x = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask, dropout_p=self.attn_drop.p if self.training else 0.0, scale=self.scale
+            )
+        else:
+            attn = (q * self.scale) @ k.transpose(-2, -1) + mask
+            attn = self.attn_drop(attn.softmax(dim=-1))
+            x = attn @ v
+
+        # [B, groups, heads, N, hd] -> [B, Hp, Wp, C], then drop the padding
+        x = x.view(B, rh, rw, ih, iw, heads, gh, gw, hd).permute(0, 1, 6, 3, 2, 7, 4, 5, 8).reshape(B, hp, wp, C)
+        if layout.needs_padding:
+            x = x[:, :H, :W]
+        return self.proj_drop(self.proj(x))

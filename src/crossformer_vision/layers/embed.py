@@ -1,0 +1,95 @@
+"""Cross-scale embedding (the stem) and cross-scale patch merging (between stages)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import nn
+
+__all__ = ["CrossScaleEmbedding", "CrossScalePatchMerging", "cross_scale_convs", "split_channels"]
+
+
+def split_channels(total: int, num_kernels: int) -> list[int]:
+    """Output channels of each kernel in a cross-scale layer.
+
+    Small kernels get the most channels: ``total/2, total/4, ...`` and the largest kernel repeats the
+    previous share, so the shares add up to ``total`` (e.g. 96 over 4 kernels -> 48, 24, 12, 12).
+    """
+    if num_kernels < 1:
+        raise ValueError(f"a cross-scale layer needs at least one kernel, got {num_kernels}")
+    dims = [total // 2 ** (i + 1) for i in range(num_kernels - 1)] + [total // 2 ** (num_kernels - 1)]
+    if sum(dims) != total or min(dims) < 1:
+        raise ValueError(
+            f"{total} channels cannot be split over {num_kernels} kernels as total/2, total/4, ...; "
+            f"choose a width divisible by {2 ** (num_kernels - 1)}"
+        )
+    return dims
+
+
+def cross_scale_convs(in_chans: int, out_chans: int, kernel_sizes: Sequence[int], stride: int) -> nn.ModuleList:
+    """Convolutions with different kernels and one stride; every kernel gives floor(H / stride) outputs."""
+    for k in kernel_sizes:
+        if k < stride or (k - stride) % 2:
+            raise ValueError(f"kernel {k} with stride {stride}: kernels must be >= stride and differ from it by an even number")
+    return nn.ModuleList(
+        nn.Conv2d(in_chans, dim, kernel_size=k, stride=stride, padding=(k - stride) // 2)
+        for k, dim in zip(kernel_sizes, split_channels(out_chans, len(kernel_sizes)))
+    )
+
+
+def _concat(convs: nn.ModuleList, x: torch.Tensor) -> torch.Tensor:
+    """[B, C_in, H, W] -> [B, H', W', C_out]: the convolutions' outputs concatenated along channels."""
+    return torch.cat([conv(x) for conv in convs], dim=1).permute(0, 2, 3, 1)
+
+
+class CrossScaleEmbedding(nn.Module):
+    """Cross-scale Embedding Layer (CEL): the image is sampled by kernels 4, 8, 16, 32 at stride 4.
+
+    Args:
+        in_chans: Image channels.
+        embed_dim: Output channels D (split over the kernels by :func:`split_channels`).
+        kernel_sizes: Kernel sizes, smallest first; the first one is also the stride.
+        norm_layer: Norm applied to the concatenated tokens, or ``None``.
+    """
+
+    def __init__(
+        self,
+        in_chans: int = 3,
+        embed_dim: int = 96,
+        kernel_sizes: Sequence[int] = (4, 8, 16, 32),
+        norm_layer: Callable[[int], nn.Module] | None = nn.LayerNorm,
+    ):
+        super().__init__()
+        self.projs = cross_scale_convs(in_chans, embed_dim, kernel_sizes, stride=kernel_sizes[0])
+        self.norm = norm_layer(embed_dim) if norm_layer is not None else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, C, H, W] image -> [B, H/4, W/4, D] tokens."""
+        return self.norm(_concat(self.projs, x))
+
+
+class CrossScalePatchMerging(nn.Module):
+    """Cross-scale patch merging: LayerNorm, then kernels 2 and 4 at stride 2, concatenated.
+
+    Args:
+        dim: Input channels C.
+        out_dim: Output channels (2C in every official model).
+        kernel_sizes: Kernel sizes, smallest first; the first one is also the stride.
+        norm_layer: Norm applied before the convolutions.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        out_dim: int | None = None,
+        kernel_sizes: Sequence[int] = (2, 4),
+        norm_layer: Callable[[int], nn.Module] = nn.LayerNorm,
+    ):
+        super().__init__()
+        self.reductions = cross_scale_convs(dim, out_dim or 2 * dim, kernel_sizes, stride=kernel_sizes[0])
+        self.norm = norm_layer(dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, H, W, C] -> [B, H/2, W/2, 2C] (floor division for odd sizes)."""
+        return _concat(self.reductions, self.norm(x).permute(0, 3, 1, 2))

@@ -1,0 +1,65 @@
+"""Dynamic Position Bias (DPB): an MLP from relative offsets to a per-head attention bias."""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+from torch import nn
+
+__all__ = ["DynamicPositionBias", "relative_offsets", "relative_position_index"]
+
+
+@functools.lru_cache(maxsize=64)
+def _offsets_cpu(group_h: int, group_w: int) -> torch.Tensor:
+    dy = torch.arange(1 - group_h, group_h)
+    dx = torch.arange(1 - group_w, group_w)
+    return torch.stack(torch.meshgrid(dy, dx, indexing="ij"), dim=-1).reshape(-1, 2)
+
+
+@functools.lru_cache(maxsize=64)
+def _index_cpu(group_h: int, group_w: int) -> torch.Tensor:
+    coords = torch.stack(torch.meshgrid(torch.arange(group_h), torch.arange(group_w), indexing="ij")).flatten(1)
+    rel = coords[:, :, None] - coords[:, None, :]  # [2, N, N]: offset of token i minus token j
+    return (rel[0] + group_h - 1) * (2 * group_w - 1) + (rel[1] + group_w - 1)
+
+
+def relative_offsets(group_h: int, group_w: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """All offsets (dy, dx) of a group_h x group_w group in row-major order: [(2Gh-1)(2Gw-1), 2]."""
+    return _offsets_cpu(group_h, group_w).to(device=device, dtype=dtype)
+
+
+def relative_position_index(group_h: int, group_w: int, device: torch.device) -> torch.Tensor:
+    """Row of :func:`relative_offsets` for every (query, key) pair of a group: [N, N], N = Gh*Gw."""
+    return _index_cpu(group_h, group_w).to(device)
+
+
+class DynamicPositionBias(nn.Module):
+    """``Linear(2, p) -> [LN, ReLU, Linear(p, p)] x 2 -> LN, ReLU, Linear(p, heads)``.
+
+    The bias depends only on offsets, so the same weights serve every group shape.
+
+    Args:
+        dim: Hidden width p (the attention width / 16 in every CrossFormer).
+        num_heads: Attention heads (one bias per head).
+    """
+
+    def __init__(self, dim: int, num_heads: int):
+        super().__init__()
+        self.num_heads = num_heads
+        self.pos_proj = nn.Linear(2, dim)
+        self.pos1 = nn.Sequential(nn.LayerNorm(dim), nn.ReLU(), nn.Linear(dim, dim))
+        self.pos2 = nn.Sequential(nn.LayerNorm(dim), nn.ReLU(), nn.Linear(dim, dim))
+        self.pos3 = nn.Sequential(nn.LayerNorm(dim), nn.ReLU(), nn.Linear(dim, num_heads))
+
+    def table(self, group_h: int, group_w: int) -> torch.Tensor:
+        """Bias for every offset: [(2Gh-1)(2Gw-1), heads]."""
+        weight = self.pos_proj.weight
+        offsets = relative_offsets(group_h, group_w, weight.dtype, weight.device)
+        return self.pos3(self.pos2(self.pos1(self.pos_proj(offsets))))
+
+    def forward(self, group_h: int, group_w: int) -> torch.Tensor:
+        """Bias of every (query, key) pair in a group: [heads, N, N], N = Gh*Gw."""
+        n = group_h * group_w
+        index = relative_position_index(group_h, group_w, self.pos_proj.weight.device)
+        return self.table(group_h, group_w)[index.view(-1)].view(n, n, self.num_heads).permute(2, 0, 1)

@@ -1,0 +1,38 @@
+"""The CrossFormer / CrossFormer++ model family."""
+
+from ._official import (
+    FLAVOURS,
+    build_from_official,
+    build_from_state_dict,
+    detect_variant,
+    infer_architecture,
+    load_official_state_dict,
+)
+from .crossformer import (
+    MIN_INPUT_SIZE,
+    VARIANT_ARGS,
+    CrossFormer,
+    CrossFormerBackbone,
+    CrossFormerBlock,
+    CrossFormerStage,
+    checkpoint_filter_fn,
+)
+from .registry import create_model, list_variants
+
+__all__ = [
+    "FLAVOURS",
+    "MIN_INPUT_SIZE",
+    "VARIANT_ARGS",
+    "CrossFormer",
+    "CrossFormerBackbone",
+    "CrossFormerBlock",
+    "CrossFormerStage",
+    "build_from_official",
+    "build_from_state_dict",
+    "checkpoint_filter_fn",
+    "create_model",
+    "detect_variant",
+    "infer_architecture",
+    "list_variants",
+    "load_official_state_dict",
+]

@@ -1,0 +1,43 @@
+"""Create variants by name, with clear errors for unknown names."""
+
+from __future__ import annotations
+
+import difflib
+from typing import Any
+
+import timm
+from torch import nn
+
+from .crossformer import VARIANT_ARGS, CrossFormerBackbone
+
+__all__ = ["create_model", "list_variants"]
+
+
+def list_variants() -> list[str]:
+    """Registered CrossFormer / CrossFormer++ variant names, in paper order."""
+    return list(VARIANT_ARGS)
+
+
+def create_model(name: str, *, dense: bool = False, **kwargs: Any) -> nn.Module:
+    """Create a registered variant (``crossformer_s``, ``crossformerpp_b``, ...).
+
+    Args:
+        name: Variant name; see :func:`list_variants`.
+        dense: Return the dense-prediction :class:`CrossFormerBackbone` (forward gives NCHW stage maps).
+        **kwargs: Model arguments (``num_classes``, ``group_size``, ``crs_interval``, ``lda_rule``,
+            ``drop_path_rate``, ``img_size``, ...), passed to timm for classification models.
+
+    Raises:
+        ValueError: Unknown name (the message lists the closest ones).
+    """
+    if name not in VARIANT_ARGS:
+        close = difflib.get_close_matches(name, VARIANT_ARGS, n=3, cutoff=0.4)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise ValueError(f"unknown CrossFormer variant {name!r}{hint} Available: {', '.join(VARIANT_ARGS)}")
+    if dense:
+        for key in ("num_classes", "global_pool", "pretrained"):
+            kwargs.pop(key, None)
+        model = CrossFormerBackbone(**{**VARIANT_ARGS[name], **kwargs})
+        model.pretrained_cfg = dict(architecture=name)
+        return model
+    return timm.create_model(name, **kwargs)
