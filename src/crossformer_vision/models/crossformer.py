@@ -90,13 +90,13 @@ class CrossFormerBlock(nn.Module):
         self.use_acl = use_acl
         self.norm1 = norm_layer(dim)
         self.attn = GroupAttention(dim, num_heads, qkv_bias, qk_scale, attn_drop, proj_drop, fused_attn)
+        if use_acl:
+            # official names and order: ex_conv / ex_ln ("extra conv"), so official weights load as they are
+            self.ex_conv = nn.Conv2d(dim, dim, kernel_size=3, padding=1, groups=dim)
+            self.ex_ln = norm_layer(dim)
         self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
         self.norm2 = norm_layer(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=act_layer, drop=proj_drop)
-        if use_acl:
-            # official names: ex_conv / ex_ln ("extra conv"), kept so official weights load as they are
-            self.ex_conv = nn.Conv2d(dim, dim, kernel_size=3, padding=1, groups=dim)
-            self.ex_ln = norm_layer(dim)
 
     def layout(self, height: int, width: int):
         return plan_group_layout(height, width, self.group_size, self.interval, self.long_distance, self.lda_rule)
@@ -271,7 +271,7 @@ class CrossFormer(nn.Module):
             in_chans, embed_dim, embed_kernel_sizes, norm_layer=norm_layer if patch_norm else None
         )
         self.pos_drop = nn.Dropout(proj_drop_rate)
-        dpr = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        dpr = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()
         self.layers = nn.ModuleList()
         self.feature_info = []
         for i in range(num_stages):

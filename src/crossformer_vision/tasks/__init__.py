@@ -1,0 +1,1 @@
+"""Task-specific heads and glue built on the CrossFormer backbones."""
