@@ -1,0 +1,1 @@
+"""Command-line interface: wiring only (each subcommand has ``add_args(parser)`` and ``run(args)``)."""
