@@ -6,6 +6,7 @@ re-drawn here from the documented seeded recipe, and SHA-256 digests tie them to
 
 from __future__ import annotations
 
+import copy
 import functools
 import hashlib
 import json
@@ -82,19 +83,13 @@ class Model(nn.Module):
 
 @functools.cache
 def fixture_model(name: str) -> nn.Module:
-    """The fixture's module(s) with re-drawn parameters, in eval mode; prefixes as in the fixture's state dict."""
+    """The fixture's module(s) with re-drawn parameters, in eval mode, under the fixture's key prefixes."""
     meta = FIXTURES[name]
-    if name in ("uperhead", "fcnhead"):
-        model = redraw_(build_from_mm(name.replace("head", "Head").replace("uper", "UPer").replace("fcn", "FCN"),
-                                      meta["kwargs"]), meta["param_seeds"][""])
-    else:
-        parts = {"neck": build_from_mm("FPN", meta["kwargs"]["neck"])}
-        if "decode_head" in meta["kwargs"]:
-            parts["decode_head"] = build_from_mm("FPNHead", meta["kwargs"]["decode_head"])
-        model = Model(parts)
-        for prefix, seed in meta["param_seeds"].items():
-            redraw_(getattr(model, prefix.rstrip(".")), seed)
-    return model.eval()
+    parts = {
+        prefix: redraw_(build_from_mm(cls, kwargs), meta["param_seeds"][prefix])
+        for prefix, (cls, kwargs) in meta["components"].items()
+    }
+    return (parts[""] if "" in parts else Model(parts)).eval()
 
 
 def check(key: str, actual: torch.Tensor, tol: float) -> float:
@@ -134,9 +129,8 @@ def test_uperhead_matches_mmseg(case):
     inputs = draw_inputs(meta, case)
     with torch.no_grad():
         out = head(inputs)
-        check(f"uperhead.outputs.{case}", out, TOL_FP32)
-        out64 = head.double()([x.double() for x in inputs])
-        head.float()
+        out64 = copy.deepcopy(head).double()([x.double() for x in inputs])
+    check(f"uperhead.outputs.{case}", out, TOL_FP32)
     check(f"uperhead.outputs_fp64.{case}", out64, TOL_FP64)
     if f"uperhead.resized.{case}" in EXPECTED:
         check(f"uperhead.resized.{case}", resize_logits(out, meta["image_sizes"][case]), TOL_FP32)
@@ -156,8 +150,7 @@ def test_fcnhead_matches_mmseg(case):
     inputs = draw_inputs(meta, case)
     with torch.no_grad():
         out = head(inputs)
-        out64 = head.double()([x.double() for x in inputs])
-        head.float()
+        out64 = copy.deepcopy(head).double()([x.double() for x in inputs])
         if case == "base":
             check("fcnhead.intermediates.base.convs", head.forward_features(inputs), TOL_FP32)
     check(f"fcnhead.outputs.{case}", out, TOL_FP32)
@@ -172,10 +165,9 @@ def test_fpn_neck_and_fpnhead_match_mmseg(case):
     with torch.no_grad():
         feats = model.neck(inputs)
         out = model.decode_head(feats)
-        model.double()
-        feats64 = model.neck([x.double() for x in inputs])
-        out64 = model.decode_head(feats64)
-        model.float()
+        model64 = copy.deepcopy(model).double()
+        feats64 = model64.neck([x.double() for x in inputs])
+        out64 = model64.decode_head(feats64)
         scale_outs = [head(x) for head, x in zip(model.decode_head.scale_heads, feats)]
     assert len(feats) == 4
     for level, (f32, f64) in enumerate(zip(feats, feats64)):
@@ -188,8 +180,8 @@ def test_fpn_neck_and_fpnhead_match_mmseg(case):
         for i, t in enumerate(scale_outs):
             check(f"fpn_fpnhead.scale_head_outputs.base.{i}", t, TOL_FP32)
         check("fpn_fpnhead.resized.base", resize_logits(out, meta["image_sizes"]["base"]), TOL_FP32)
-    else:  # non-power-of-two sizes: the 2x upsamples overshoot level 0 and the final resize shrinks back
-        assert [head(x).shape[-2:] for head, x in zip(model.decode_head.scale_heads, feats)][3] == (40, 48)
+    else:  # odd sizes: level 3 (5x6) doubles three times to 40x48, then the final resize shrinks it to 33x41
+        assert scale_outs[3].shape[-2:] == (40, 48)
 
 
 @pytest.mark.parametrize("name, levels", [("retinanet_fpn", range(5)), ("maskrcnn_fpn", (3, 4))])
@@ -201,6 +193,17 @@ def test_fpn_extra_levels_match_mmdet(name, levels):
     assert len(outs) == 5
     for level in levels:
         check(f"{name}.neck_outputs.odd.{level}", outs[level], TOL_FP32)
+
+
+@pytest.mark.parametrize("source", ["on_input", "on_lateral", "on_output"])
+def test_fpn_extra_conv_sources(source):
+    inputs = small_inputs()[2:]  # 24 ch at 4x6, 32 ch at 2x3
+    neck = FPN([24, 32], 8, 4, add_extra_convs=source, relu_before_extra_convs=True)
+    with torch.no_grad():
+        outs = neck(inputs)
+        assert [tuple(o.shape[-2:]) for o in outs] == [(4, 6), (2, 3), (1, 2), (1, 1)]
+        assert neck.fpn_convs[2].conv.in_channels == (32 if source == "on_input" else 8)
+        assert torch.equal(outs[3], neck.fpn_convs[3](outs[2].relu()))
 
 
 def test_fpn_nearest_is_legacy_not_exact():
@@ -277,7 +280,7 @@ def test_forward_rejects_wrong_channels_and_levels():
     inputs = small_inputs()
     with pytest.raises(ValueError, match=r"input level 2 has 20 channels, expected 24 \(in_channels\[2\]\)"):
         head([*inputs[:2], inputs[2][:, :20], inputs[3]])
-    with pytest.raises(ValueError, match="reads input level 3 .* got 3 feature maps"):
+    with pytest.raises(ValueError, match=r"reads input level 3 .* got 3 feature maps"):
         head(inputs[:3])
     with pytest.raises(ValueError, match=r"must be \[B, C, H, W\]"):
         head([*inputs[:3], inputs[3][0]])
@@ -285,7 +288,7 @@ def test_forward_rejects_wrong_channels_and_levels():
         head(inputs[0])
     with pytest.raises(ValueError, match="has 16 channels, expected 24"):
         FCNHead(24, 8, 5, in_index=2)(small_inputs(channels=(8, 8, 16, 32)))
-    with pytest.raises(ValueError, match="FPN expects 4 feature maps .* got 3"):
+    with pytest.raises(ValueError, match=r"FPN expects 4 feature maps .* got 3"):
         FPN([8, 16, 24, 32], 8, 4)(inputs[:3])
     with pytest.raises(ValueError, match="input level 1 has 16 channels, expected 8"):
         FPNHead([8] * 4, 8, 5)(inputs)
@@ -305,7 +308,7 @@ def test_forward_rejects_wrong_channels_and_levels():
         (lambda: FPN([8, 16], 8, 3, add_extra_convs=True), "ambiguous"),
         (lambda: FPN([8, 16], 8, 3, add_extra_convs="on_top"), "add_extra_convs must be False or one of"),
         (lambda: FPNHead([8, 8], 8, 5, feature_strides=[8, 4]), "first feature stride must be the smallest"),
-        (lambda: FPNHead([8, 8], 8, 5), "feature_strides .* one entry per in_channels entry"),
+        (lambda: FPNHead([8, 8], 8, 5), r"feature_strides .* one entry per in_channels entry"),
     ],
 )
 def test_constructor_rejects_bad_arguments(build, match):

@@ -79,9 +79,16 @@ class GroupAttention(nn.Module):
         if layout.needs_padding:
             qkv = F.pad(qkv, (0, 0, 0, wp - W, 0, hp - H))
         # one copy: [B, Hp, Wp, 3C] -> [3, B, groups, heads, N, hd]
-        qkv = qkv.view(B, rh, gh, ih, rw, gw, iw, 3, heads, hd).permute(7, 0, 1, 4, 3, 6, 8, 2, 5, 9)
-        q, k, v = qkv.reshape(3, B, layout.num_groups, heads, gh * gw, hd).unbind(0)
-        mask = self.attention_mask(layout, q.dtype)
+        qkv = qkv.view(B, rh, gh, ih, rw, gw, iw, 3, heads, hd).permute(7, 0, 1, 4, 3, 6, 8, 2, 5, 9).contiguous()
+        groups, n = layout.num_groups, gh * gw
+        mask = self.attention_mask(layout, qkv.dtype)
+        # 4-D views for SDPA whose mask broadcasts over the batch: [B*groups, heads, ...] with a per-head
+        # bias, [B, groups*heads, ...] with a per-group padding mask
+        if mask.ndim == 3:
+            q, k, v = qkv.reshape(3, B * groups, heads, n, hd).unbind(0)
+        else:
+            q, k, v = qkv.reshape(3, B, groups * heads, n, hd).unbind(0)
+            mask = mask.reshape(groups * heads, n, n)
 
         if self.fused_attn:
             x = F.scaled_dot_product_attention(
@@ -93,7 +100,7 @@ class GroupAttention(nn.Module):
             x = attn @ v
 
         # [B, groups, heads, N, hd] -> [B, Hp, Wp, C], then drop the padding
-        x = x.view(B, rh, rw, ih, iw, heads, gh, gw, hd).permute(0, 1, 6, 3, 2, 7, 4, 5, 8).reshape(B, hp, wp, C)
+        x = x.reshape(B, rh, rw, ih, iw, heads, gh, gw, hd).permute(0, 1, 6, 3, 2, 7, 4, 5, 8).reshape(B, hp, wp, C)
         if layout.needs_padding:
             x = x[:, :H, :W]
         return self.proj_drop(self.proj(x))

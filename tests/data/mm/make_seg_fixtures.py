@@ -6,9 +6,10 @@ The reference fixtures' parameters and inputs come from documented seeded genera
 from those seeds and checks the result against the stored tensors with ``torch.equal``. The tests then re-draw them
 the same way, and only the expected outputs are stored here:
 
-* ``seg_fixtures.safetensors``: fp32 head outputs in full, plus fp64 outputs, intermediates, neck outputs and the
-  image-size resizes on a strided pixel grid (``<key>.rows`` / ``<key>.cols`` hold the sampled indices; the grid
-  steps are coprime with the 2x / 4x resize factors, so every sub-pixel phase is covered);
+* ``seg_fixtures.safetensors``: fp32 head outputs in full, plus fp64 outputs, intermediates, neck outputs (also the
+  mmdet RetinaNet / Mask R-CNN FPN necks, which are the same class) and the image-size resizes on a strided pixel
+  grid (``<key>.rows`` / ``<key>.cols`` hold the sampled indices; steps 3 and 7 are coprime with the 2x / 4x / 16x
+  resize factors, so every sub-pixel phase is covered);
 * ``seg_fixtures.json``: constructor kwargs, seeds, level sizes and SHA-256 digests of the re-drawn state dicts
   and inputs;
 * ``seg_manifests.json``: the full-size key -> shape layouts and parameter counts of the official configs.
@@ -105,11 +106,14 @@ def main(refdata: Path) -> None:
     tensors: dict[str, torch.Tensor] = {}
     fixtures: dict[str, dict] = {}
 
-    def common(d: dict, seeds: dict[str, int], kwargs: dict) -> dict:
-        sd = {k: v for k, v in d["state_dict"].items() if k.startswith(tuple(seeds))}
+    def common(d: dict, components: dict[str, tuple[str, dict, int]]) -> dict:
+        """Check the recipe for each component (prefix -> class, kwargs, seed; prefix "" = unprefixed keys)."""
+        prefixes = tuple(f"{p}." if p else "" for p in components)
+        sd = {k: v for k, v in d["state_dict"].items() if k.startswith(prefixes)}
         redrawn: dict[str, torch.Tensor] = {}
-        for prefix, seed in seeds.items():
-            redrawn.update(redraw({k: tuple(v.shape) for k, v in sd.items() if k.startswith(prefix)}, seed))
+        for prefix, (_, _, seed) in components.items():
+            dotted = f"{prefix}." if prefix else ""
+            redrawn.update(redraw({k: tuple(v.shape) for k, v in sd.items() if k.startswith(dotted)}, seed))
         assert list(redrawn) == list(sd) and all(torch.equal(redrawn[k], sd[k]) for k in sd), "param recipe mismatch"
         meta = {k: d[k] for k in META_KEYS}
         inputs_digest = {}
@@ -119,14 +123,14 @@ def main(refdata: Path) -> None:
             inputs_digest[case] = digest({str(i): x for i, x in enumerate(inputs)})
         return {
             **meta,
-            "kwargs": kwargs,
-            "param_seeds": seeds,
+            "components": {prefix: [cls, kwargs] for prefix, (cls, kwargs, _) in components.items()},
+            "param_seeds": {prefix: seed for prefix, (_, _, seed) in components.items()},
             "state_dict_sha256": digest(sd),
             "inputs_sha256": inputs_digest,
         }
 
     d = torch.load(refdata / "fixtures/mmseg_uperhead.pt", weights_only=True)
-    fixtures["uperhead"] = common(d, {"": d["seeds"]["param_seed"]}, d["kwargs"])
+    fixtures["uperhead"] = common(d, {"": ("UPerHead", d["kwargs"], d["seeds"]["param_seed"])})
     s = Store("uperhead")
     for case in d["cases"]:
         s.full(f"outputs.{case}", d["outputs"][case])
@@ -138,7 +142,7 @@ def main(refdata: Path) -> None:
     tensors.update(s.tensors)
 
     d = torch.load(refdata / "fixtures/mmseg_fcnhead.pt", weights_only=True)
-    fixtures["fcnhead"] = common(d, {"": d["seeds"]["param_seed"]}, d["kwargs"])
+    fixtures["fcnhead"] = common(d, {"": ("FCNHead", d["kwargs"], d["seeds"]["param_seed"])})
     s = Store("fcnhead")
     for case in d["cases"]:
         s.full(f"outputs.{case}", d["outputs"][case])
@@ -149,8 +153,13 @@ def main(refdata: Path) -> None:
     tensors.update(s.tensors)
 
     d = torch.load(refdata / "fixtures/mmseg_fpn_neck_fpnhead.pt", weights_only=True)
-    seeds = {"neck.": d["seeds"]["neck_param_seed"], "decode_head.": d["seeds"]["head_param_seed"]}
-    fixtures["fpn_fpnhead"] = common(d, seeds, {"neck": d["neck_kwargs"], "decode_head": d["head_kwargs"]})
+    fixtures["fpn_fpnhead"] = common(
+        d,
+        {
+            "neck": ("FPN", d["neck_kwargs"], d["seeds"]["neck_param_seed"]),
+            "decode_head": ("FPNHead", d["head_kwargs"], d["seeds"]["head_param_seed"]),
+        },
+    )
     s = Store("fpn_fpnhead")
     for case in d["cases"]:
         s.full(f"outputs.{case}", d["outputs"][case])
@@ -168,13 +177,13 @@ def main(refdata: Path) -> None:
 
     # mmdet FPN necks (same class): RetinaNet's 'on_input' extra convs with start_level 1, Mask R-CNN's max-pool P6.
     d = torch.load(refdata / "fixtures/mmdet_retinanet_fpn_head.pt", weights_only=True)
-    fixtures["retinanet_fpn"] = common(d, {"neck.": d["seeds"]["neck_param_seed"]}, {"neck": d["neck_kwargs"]})
+    fixtures["retinanet_fpn"] = common(d, {"neck": ("FPN", d["neck_kwargs"], d["seeds"]["neck_param_seed"])})
     s = Store("retinanet_fpn")
     for level, t in enumerate(d["neck_outputs"]["odd"]):
         s.sampled(f"neck_outputs.odd.{level}", t, 3)
     tensors.update(s.tensors)
     d = torch.load(refdata / "fixtures/mmdet_maskrcnn_fpn_heads.pt", weights_only=True)
-    fixtures["maskrcnn_fpn"] = common(d, {"neck.": d["seeds"]["neck_param_seed"]}, {"neck": d["neck_kwargs"]})
+    fixtures["maskrcnn_fpn"] = common(d, {"neck": ("FPN", d["neck_kwargs"], d["seeds"]["neck_param_seed"])})
     s = Store("maskrcnn_fpn")
     for level in (3, 4):
         s.full(f"neck_outputs.odd.{level}", d["neck_outputs"]["odd"][level])

@@ -98,6 +98,11 @@ def _with_background_first(t: Tensor, rows_per_class: int) -> Tensor:
     return torch.cat([t.new_zeros((rows_per_class, *t.shape[1:])), t], dim=0)
 
 
+def _background_last_to_first(t: Tensor) -> Tensor:
+    """Rows ``[0..K-1, K]`` (mmdet: background last) -> ``[K, 0..K-1]`` (torchvision: background first)."""
+    return torch.cat([t[-1:], t[:-1]], dim=0)
+
+
 def convert_mmdet_fpn(
     state_dict: Mapping[str, Tensor], *, src_prefix: str = "neck.", dst_prefix: str = "backbone.fpn."
 ) -> dict[str, Tensor]:
@@ -130,7 +135,10 @@ def convert_mmdet_fpn(
     names = {f"lateral_convs.{i}.conv": f"inner_blocks.{i}.0" for i in range(num_laterals)}
     names |= {f"fpn_convs.{i}.conv": f"layer_blocks.{i}.0" for i in range(num_laterals)}
     if num_convs > num_laterals:
-        names |= {f"fpn_convs.{num_laterals}.conv": "extra_blocks.p6", f"fpn_convs.{num_laterals + 1}.conv": "extra_blocks.p7"}
+        names |= {
+            f"fpn_convs.{num_laterals}.conv": "extra_blocks.p6",
+            f"fpn_convs.{num_laterals + 1}.conv": "extra_blocks.p7",
+        }
     out, used = {}, set()
     for src, dst in names.items():
         for param in ("weight", "bias"):
@@ -185,8 +193,8 @@ def convert_mmdet_rpn_head(
             used.add(f"{src}.{param}")
     if entries["rpn_reg.weight"].shape[0] != 4 * entries["rpn_cls.weight"].shape[0]:
         raise ValueError(
-            f"{src_prefix}rpn_cls has {entries['rpn_cls.weight'].shape[0]} outputs; torchvision's RPN needs one sigmoid "
-            "logit per anchor (mmdet use_sigmoid=True), i.e. rpn_reg outputs == 4 * rpn_cls outputs"
+            f"{src_prefix}rpn_cls has {entries['rpn_cls.weight'].shape[0]} outputs; torchvision's RPN needs one "
+            "sigmoid logit per anchor (mmdet use_sigmoid=True), i.e. rpn_reg outputs == 4 * rpn_cls outputs"
         )
     _check_consumed(entries, used, "RPNHead", src_prefix)
     return out
@@ -215,14 +223,13 @@ def convert_mmdet_bbox_head(
             f"{src_prefix}fc_reg has {fc_reg_w.shape[0]} outputs for {num_classes} classes; only class-specific "
             f"regression (reg_class_agnostic=False, 4 * {num_classes} outputs) maps onto FastRCNNPredictor"
         )
-    background_first = torch.cat([torch.tensor([num_classes]), torch.arange(num_classes)])
     out = {
         f"{dst_prefix}box_head.fc6.weight": entries["shared_fcs.0.weight"],
         f"{dst_prefix}box_head.fc6.bias": entries["shared_fcs.0.bias"],
         f"{dst_prefix}box_head.fc7.weight": entries["shared_fcs.1.weight"],
         f"{dst_prefix}box_head.fc7.bias": entries["shared_fcs.1.bias"],
-        f"{dst_prefix}box_predictor.cls_score.weight": fc_cls_w[background_first],
-        f"{dst_prefix}box_predictor.cls_score.bias": fc_cls_b[background_first],
+        f"{dst_prefix}box_predictor.cls_score.weight": _background_last_to_first(fc_cls_w),
+        f"{dst_prefix}box_predictor.cls_score.bias": _background_last_to_first(fc_cls_b),
         f"{dst_prefix}box_predictor.bbox_pred.weight": _with_background_first(fc_reg_w, 4),
         f"{dst_prefix}box_predictor.bbox_pred.bias": _with_background_first(fc_reg_b, 4),
     }
@@ -379,10 +386,11 @@ class MMAnchorGenerator(AnchorGenerator):
         if scales is None:
             scales = [octave_base_scale * 2 ** (i / scales_per_octave) for i in range(scales_per_octave)]
         self.strides = tuple(int(s) for s in strides)
-        self.scales = torch.tensor(list(scales), dtype=torch.float32)
-        self.ratios = torch.tensor(list(ratios), dtype=torch.float32)
-        sizes = tuple(tuple(float(stride * s) for s in self.scales) for stride in self.strides)
-        super().__init__(sizes, (tuple(float(r) for r in ratios),) * len(self.strides))
+        # anchors are constants, not parameters: keep them on the CPU even under a meta / cuda default device
+        self.scales = torch.tensor([float(s) for s in scales], dtype=torch.float32, device="cpu")
+        self.ratios = torch.tensor([float(r) for r in ratios], dtype=torch.float32, device="cpu")
+        sizes = tuple(tuple(stride * s for s in self.scales.tolist()) for stride in self.strides)
+        super().__init__(sizes, (tuple(self.ratios.tolist()),) * len(self.strides))
         self.cell_anchors = [self._base_anchors(stride) for stride in self.strides]
 
     @classmethod
@@ -403,7 +411,10 @@ class MMAnchorGenerator(AnchorGenerator):
         return torch.stack([-0.5 * ws, -0.5 * hs, 0.5 * ws, 0.5 * hs], dim=-1)
 
     def grid_priors(
-        self, grid_sizes: Sequence[Sequence[int]], dtype: torch.dtype = torch.float32, device: torch.device | None = None
+        self,
+        grid_sizes: Sequence[Sequence[int]],
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | None = None,
     ) -> list[Tensor]:
         """Anchors per level, ``[H_l * W_l * A, 4]`` ``(x1, y1, x2, y2)`` in input pixels (mmdet's ``grid_priors``)."""
         if len(grid_sizes) != len(self.strides):
@@ -483,9 +494,6 @@ class MMMultiScaleRoIAlign(MultiScaleRoIAlign):
         out = features[0].new_zeros((len(rois), features[0].shape[1], *self.output_size))
         for level, (feature, stride) in enumerate(zip(features, self.featmap_strides)):
             index = torch.where(levels == level)[0]
-            pooled = roi_align(
-                feature, rois[index], self.output_size, 1.0 / stride, self.sampling_ratio, self.aligned
-            )
+            pooled = roi_align(feature, rois[index], self.output_size, 1.0 / stride, self.sampling_ratio, self.aligned)
             out[index] = pooled.to(out.dtype)
         return out
-

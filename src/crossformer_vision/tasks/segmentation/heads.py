@@ -258,8 +258,7 @@ class UPerHead(_DecodeHead):
         self.pool_scales = tuple(pool_scales)
         top = in_channels[-1]
         self.psp_modules = nn.ModuleList(
-            nn.Sequential(nn.AdaptiveAvgPool2d(scale), ConvModule(top, channels, 1, norm=norm))
-            for scale in pool_scales
+            nn.Sequential(nn.AdaptiveAvgPool2d(scale), ConvModule(top, channels, 1, norm=norm)) for scale in pool_scales
         )
         self.bottleneck = ConvModule(top + len(pool_scales) * channels, channels, 3, padding=1, norm=norm)
         self.lateral_convs = nn.ModuleList(ConvModule(c, channels, 1, norm=norm) for c in in_channels[:-1])
@@ -419,7 +418,9 @@ class FPN(nn.Module):
                 f"pass one of {_EXTRA_CONV_SOURCES} or False"
             )
         if add_extra_convs is not False and add_extra_convs not in _EXTRA_CONV_SOURCES:
-            raise ValueError(f"FPN add_extra_convs must be False or one of {_EXTRA_CONV_SOURCES}, got {add_extra_convs!r}")
+            raise ValueError(
+                f"FPN add_extra_convs must be False or one of {_EXTRA_CONV_SOURCES}, got {add_extra_convs!r}"
+            )
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.num_outs = num_outs
@@ -447,13 +448,17 @@ class FPN(nn.Module):
         """
         if isinstance(inputs, torch.Tensor) or len(inputs) != len(self.in_channels):
             got = "a single tensor" if isinstance(inputs, torch.Tensor) else f"{len(inputs)} feature maps"
-            raise ValueError(f"FPN expects {len(self.in_channels)} feature maps (in_channels {self.in_channels}), got {got}")
+            raise ValueError(
+                f"FPN expects {len(self.in_channels)} feature maps (in_channels {self.in_channels}), got {got}"
+            )
         inputs = _select_inputs(inputs, range(len(inputs)), self.in_channels, owner="FPN")
         used = inputs[self.start_level :]
         laterals = [conv(x) for conv, x in zip(self.lateral_convs, used)]
         for i in range(len(laterals) - 1, 0, -1):
             # Legacy 'nearest' (src = floor(dst * in / out)) is what the checkpoints were trained with.
-            laterals[i - 1] = laterals[i - 1] + F.interpolate(laterals[i], size=laterals[i - 1].shape[2:], mode="nearest")
+            laterals[i - 1] = laterals[i - 1] + F.interpolate(
+                laterals[i], size=laterals[i - 1].shape[2:], mode="nearest"
+            )
         outs = [conv(lateral) for conv, lateral in zip(self.fpn_convs, laterals)]
         num_used = len(outs)
         if self.num_outs > num_used and not self.add_extra_convs:

@@ -1,0 +1,190 @@
+"""Generic model-contract tests over every registered variant, with tiny widths."""
+
+import pytest
+import timm
+import torch
+
+import crossformer_vision as cf
+
+VARIANTS = cf.list_variants()
+TINY = dict(embed_dim=32, num_heads=(1, 2, 4, 8), depths=(1, 1, 4, 1), drop_path_rate=0.0, num_classes=7)
+
+
+def tiny(name: str, **kwargs) -> cf.CrossFormer:
+    return cf.create_model(name, **{**TINY, **kwargs})
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_forward_backward_every_parameter_gets_a_gradient(name):
+    model = tiny(name)
+    x = torch.randn(2, 3, 64, 96)
+    out = model(x)
+    assert out.shape == (2, 7)
+    assert torch.isfinite(out).all()
+    out.square().sum().backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert not missing, missing
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_grad_checkpointing_gives_same_outputs_and_gradients(name):
+    model = tiny(name)
+    x = torch.randn(2, 3, 64, 64)
+    ref = model(x)
+    ref.sum().backward()
+    ref_grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    model.set_grad_checkpointing(True)
+    out = model(x)
+    out.sum().backward()
+    torch.testing.assert_close(out, ref, rtol=0, atol=1e-6)
+    for n, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, ref_grads[n], rtol=1e-5, atol=1e-6, msg=n)
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_intermediates_match_features(name):
+    model = tiny(name).eval()
+    x = torch.randn(1, 3, 96, 64)
+    with torch.no_grad():
+        feats = model.forward_features(x)
+        final, inter = model.forward_intermediates(x, norm=True)
+        only = model.forward_intermediates(x, indices=[1, 3], intermediates_only=True)
+        early = model.forward_intermediates(x, indices=2, stop_early=True, intermediates_only=True)
+    torch.testing.assert_close(final, feats)
+    torch.testing.assert_close(inter[-1], feats.permute(0, 3, 1, 2))
+    assert [t.shape for t in inter] == [(1, 32 * 2**i, 24 >> i, 16 >> i) for i in range(4)]
+    torch.testing.assert_close(only[0], inter[1])
+    assert len(early) == 2 and early[0].shape == inter[2].shape
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_timm_features_only(name):
+    model = timm.create_model(name, features_only=True, **{k: v for k, v in TINY.items() if k != "num_classes"})
+    assert model.feature_info.channels() == [32, 64, 128, 256]
+    assert model.feature_info.reduction() == [4, 8, 16, 32]
+    maps = model(torch.randn(1, 3, 128, 96))
+    assert [tuple(m.shape) for m in maps] == [(1, 32 * 2**i, 32 >> i, 24 >> i) for i in range(4)]
+    sub = timm.create_model(name, features_only=True, out_indices=(1, 2), **{k: v for k, v in TINY.items() if k != "num_classes"})
+    assert sub.feature_info.channels() == [64, 128]
+    assert len(sub(torch.randn(1, 3, 64, 64))) == 2
+    assert not any(k.startswith("model.layers.3") for k in sub.state_dict())
+
+
+def test_timm_registry_and_pretrained_cfg():
+    assert set(VARIANTS) <= set(timm.list_models("crossformer*"))
+    model = timm.create_model("crossformerpp_s")
+    cfg = model.pretrained_cfg
+    assert cfg["input_size"] == (3, 224, 224) and cfg["crop_pct"] == 0.875 and cfg["interpolation"] == "bicubic"
+    assert cfg["mean"] == (0.485, 0.456, 0.406) and cfg["std"] == (0.229, 0.224, 0.225)
+    data_cfg = timm.data.resolve_model_data_config(model)
+    assert data_cfg["crop_pct"] == 0.875
+
+
+def test_head_api_and_no_weight_decay():
+    model = tiny("crossformer_s").eval()
+    x = torch.randn(2, 3, 64, 64)
+    feats = model.forward_features(x)
+    pooled = model.forward_head(feats, pre_logits=True)
+    assert pooled.shape == (2, 256)
+    torch.testing.assert_close(model.forward_head(feats), model.head(pooled))
+    model.reset_classifier(3)
+    assert model(x).shape == (2, 3)
+    model.reset_classifier(0, global_pool="")
+    assert model(x).shape == (2, 2, 2, 256)
+    nwd = model.no_weight_decay()
+    assert "patch_embed.norm.weight" in nwd and "layers.0.blocks.0.attn.qkv.bias" in nwd
+    assert "layers.0.blocks.0.attn.qkv.weight" not in nwd
+    assert all(model.get_parameter(n).ndim <= 1 for n in nwd)
+
+
+def test_group_size_and_interval_are_choosable_with_the_same_weights():
+    a = tiny("crossformer_s").eval()
+    b = tiny("crossformer_s", group_size=4, crs_interval=(4, 2, 2, 1)).eval()
+    b.load_state_dict(a.state_dict())
+    x = torch.randn(1, 3, 128, 128)
+    with torch.no_grad():
+        assert (a(x) - b(x)).abs().max() > 1e-4
+    assert b.layers[2].blocks[1].layout(16, 16).group == (4, 4)
+
+
+@pytest.mark.parametrize("size", [(97, 131), (32, 32), (33, 250), (224, 160)])
+def test_any_input_size(size):
+    model = tiny("crossformerpp_s").eval()
+    with torch.no_grad():
+        out = model(torch.randn(2, 3, *size))
+        maps = model.forward_intermediates(torch.randn(1, 3, *size), intermediates_only=True)
+    assert out.shape == (2, 7) and torch.isfinite(out).all()
+    h, w = size[0] // 4, size[1] // 4
+    assert [m.shape[-2:] for m in maps] == [(h >> i, w >> i) for i in range(4)]
+
+
+def test_large_input_1024():
+    model = tiny("crossformer_t", depths=(1, 1, 2, 1)).eval()
+    with torch.inference_mode():
+        maps = model.forward_intermediates(torch.randn(1, 3, 1024, 1024), intermediates_only=True)
+    assert [m.shape[-1] for m in maps] == [256, 128, 64, 32]
+    assert all(torch.isfinite(m).all() for m in maps)
+
+
+def test_float64_and_bfloat16():
+    model = tiny("crossformerpp_s").eval()
+    x = torch.randn(2, 3, 64, 96)
+    with torch.no_grad():
+        ref = model(x)
+        out64 = model.double()(x.double())
+        out16 = model.to(torch.bfloat16)(x.to(torch.bfloat16))
+        model.float()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            outac = model(x)
+    assert out64.dtype == torch.float64 and (out64 - ref.double()).abs().max() < 1e-4
+    assert out16.dtype == torch.bfloat16
+    scale = ref.abs().max()
+    assert (out16.float() - ref).abs().max() < 0.1 * scale
+    assert (outac.float() - ref).abs().max() < 0.1 * scale
+
+
+def test_forward_is_pure():
+    """The official dense backbones change state on small maps; ours must not."""
+    model = cf.create_model("crossformer_s", dense=True, embed_dim=32, num_heads=(1, 2, 4, 8)).eval()
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        before = model(x)
+        model(torch.randn(1, 3, 96, 96))
+        model(torch.randn(1, 3, 32, 48))
+        after = model(x)
+    for a, b in zip(before, after):
+        assert torch.equal(a, b)
+
+
+def test_fused_and_manual_attention_agree():
+    model = tiny("crossformerpp_s").eval()
+    x = torch.randn(2, 3, 100, 76)
+    with torch.no_grad():
+        for m in model.modules():
+            if hasattr(m, "fused_attn"):
+                m.fused_attn = True
+        a = model(x)
+        for m in model.modules():
+            if hasattr(m, "fused_attn"):
+                m.fused_attn = False
+        b = model(x)
+    torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
+
+
+def test_train_mode_drop_path_is_stochastic_and_eval_is_deterministic():
+    model = tiny("crossformer_s", drop_path_rate=0.5)
+    x = torch.randn(2, 3, 64, 64)
+    model.train()
+    assert not torch.equal(model(x), model(x))
+    model.eval()
+    with torch.no_grad():
+        assert torch.equal(model(x), model(x))
+
+
+def test_dense_backbone_api():
+    bb = cf.create_model("crossformerpp_s", dense=True, embed_dim=32, num_heads=(1, 2, 4, 8), out_indices=(1, 2, 3))
+    assert bb.out_channels == [64, 128, 256] and bb.out_strides == [8, 16, 32]
+    assert not any(k.startswith(("norm.", "head.")) for k in bb.state_dict())
+    maps = bb(torch.randn(1, 3, 64, 64))
+    assert [m.shape[1] for m in maps] == [64, 128, 256]
