@@ -45,7 +45,9 @@ def _dpb(p: Mapping[str, Tensor], name: str, gh: int, gw: int, dtype: torch.dtyp
     return t[index.view(-1)].view(n, n, -1).permute(2, 0, 1).contiguous()
 
 
-def _attention(x: Tensor, p: Mapping[str, Tensor], name: str, heads: int, gh: int, gw: int, mask: Tensor | None) -> Tensor:
+def _attention(
+    x: Tensor, p: Mapping[str, Tensor], name: str, heads: int, gh: int, gw: int, mask: Tensor | None
+) -> Tensor:
     b_, n, c = x.shape
     qkv = _lin(x, p, f"{name}.qkv").reshape(b_, n, 3, heads, c // heads).permute(2, 0, 3, 1, 4)
     q, k, v = qkv[0], qkv[1], qkv[2]
@@ -61,8 +63,18 @@ def _attention(x: Tensor, p: Mapping[str, Tensor], name: str, heads: int, gh: in
     return _lin(out, p, f"{name}.proj")
 
 
-def block(x: Tensor, h: int, w: int, p: Mapping[str, Tensor], name: str, heads: int, group: int, interval: int,
-          lda: bool, rule: str) -> Tensor:
+def block(
+    x: Tensor,
+    h: int,
+    w: int,
+    p: Mapping[str, Tensor],
+    name: str,
+    heads: int,
+    group: int,
+    interval: int,
+    lda: bool,
+    rule: str,
+) -> Tensor:
     b, _, c = x.shape
     if min(h, w) <= group:
         lda = False
@@ -122,13 +134,23 @@ def _cross_conv(x: Tensor, p: Mapping[str, Tensor], name: str, stride: int) -> T
     while f"{name}.{i}.weight" in p:
         wgt = p[f"{name}.{i}.weight"]
         k = wgt.shape[-1]
-        outs.append(F.conv2d(x, wgt, p[f"{name}.{i}.bias"], stride=stride, padding=(k - stride) // 2).flatten(2).transpose(1, 2))
+        outs.append(
+            F.conv2d(x, wgt, p[f"{name}.{i}.bias"], stride=stride, padding=(k - stride) // 2).flatten(2).transpose(1, 2)
+        )
         i += 1
     return torch.cat(outs, dim=2)
 
 
-def forward(p: Mapping[str, Tensor], x: Tensor, depths: Sequence[int], heads: Sequence[int], groups: Sequence[int],
-            intervals: Sequence[int], rule: str = "pp", dense: bool = False) -> Tensor | list[Tensor]:
+def forward(
+    p: Mapping[str, Tensor],
+    x: Tensor,
+    depths: Sequence[int],
+    heads: Sequence[int],
+    groups: Sequence[int],
+    intervals: Sequence[int],
+    rule: str = "pp",
+    dense: bool = False,
+) -> Tensor | list[Tensor]:
     """Classification logits ``[B, classes]`` or (``dense``) the four NCHW stage maps."""
     b = x.shape[0]
     t = _cross_conv(x, p, "patch_embed.projs", 4)

@@ -30,7 +30,9 @@ def _variant(manifest_name: str) -> str:
 
 
 def _digest(model) -> str:
-    lines = [f"{k} {'x'.join(map(str, v.shape))} {str(v.dtype).replace('torch.', '')}" for k, v in model.state_dict().items()]
+    lines = [
+        f"{k} {'x'.join(map(str, v.shape))} {str(v.dtype).replace('torch.', '')}" for k, v in model.state_dict().items()
+    ]
     return hashlib.sha256("\n".join(lines).encode()).hexdigest()
 
 

@@ -65,7 +65,9 @@ def test_timm_features_only(name):
     assert model.feature_info.reduction() == [4, 8, 16, 32]
     maps = model(torch.randn(1, 3, 128, 96))
     assert [tuple(m.shape) for m in maps] == [(1, 32 * 2**i, 32 >> i, 24 >> i) for i in range(4)]
-    sub = timm.create_model(name, features_only=True, out_indices=(1, 2), **{k: v for k, v in TINY.items() if k != "num_classes"})
+    sub = timm.create_model(
+        name, features_only=True, out_indices=(1, 2), **{k: v for k, v in TINY.items() if k != "num_classes"}
+    )
     assert sub.feature_info.channels() == [64, 128]
     assert len(sub(torch.randn(1, 3, 64, 64))) == 2
     assert not any(k.startswith("model.layers.3") for k in sub.state_dict())

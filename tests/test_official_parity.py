@@ -2,10 +2,10 @@
 
 import pytest
 import torch
-from conftest import set_fused
-from fixtures_official import fixture
 
 import crossformer_vision as cf
+from conftest import set_fused
+from fixtures_official import fixture
 
 TOL = 1e-4
 
@@ -32,7 +32,9 @@ def test_classification_fixture(name, fused):
 def test_classification_fixture_float64(name):
     fx = fixture(name)
     model = cf.build_from_official(fx["config"], fx["flavour"]).double()
-    cf.load_official_state_dict(model, {k: v.double() if v.is_floating_point() else v for k, v in fx["state_dict"].items()})
+    cf.load_official_state_dict(
+        model, {k: v.double() if v.is_floating_point() else v for k, v in fx["state_dict"].items()}
+    )
     with torch.inference_mode():
         out = model(fx["input"].double())
     assert out.dtype == torch.float64

@@ -7,11 +7,11 @@ v1 and CrossFormer++ rules disagree.
 
 import pytest
 import torch
+
+import crossformer_vision as cf
 from conftest import set_fused
 from fixtures_official import redraw_parameters
 from reference_crossformer import forward as reference_forward
-
-import crossformer_vision as cf
 
 ARCH = dict(embed_dim=32, depths=(2, 2, 4, 2), num_heads=(1, 2, 4, 8))
 
@@ -45,7 +45,9 @@ def test_dense_maps_equal_reference(rule, acl, groups, intervals, h, w):
     x = torch.randn(1, 3, h, w)
     ref_rule = "pp" if rule == "fixed_group" else "v1"
     with torch.no_grad():
-        expected = reference_forward(params, x, ARCH["depths"], ARCH["num_heads"], groups, intervals, ref_rule, dense=True)
+        expected = reference_forward(
+            params, x, ARCH["depths"], ARCH["num_heads"], groups, intervals, ref_rule, dense=True
+        )
         for fused in (True, False):
             set_fused(model, fused)
             maps = model(x)
@@ -56,7 +58,7 @@ def test_dense_maps_equal_reference(rule, acl, groups, intervals, h, w):
 
 def test_rules_agree_at_224_and_disagree_elsewhere():
     """At 224 the two official rules give the same groups; at 192x288 they do not (fixtures_index.json)."""
-    a, params = _model("fixed_group", False, (7, 7, 7, 7), (8, 4, 2, 1), dense=True)
+    a, _ = _model("fixed_group", False, (7, 7, 7, 7), (8, 4, 2, 1), dense=True)
     b, _ = _model("fixed_interval", False, (7, 7, 7, 7), (8, 4, 2, 1), dense=True)
     with torch.no_grad():
         x = torch.randn(1, 3, 224, 224)

@@ -33,7 +33,9 @@ def main(src: Path) -> None:
             "config": d["config"],
             "input_shape": list(d["input"].shape),
             # official parameter order and shapes (buffers listed separately: they are not re-drawn)
-            "parameters": [[k, list(v.shape)] for k, v in d["state_dict"].items() if not k.endswith(("biases", "index"))],
+            "parameters": [
+                [k, list(v.shape)] for k, v in d["state_dict"].items() if not k.endswith(("biases", "index"))
+            ],
             "buffers": [[k, list(v.shape)] for k, v in d["state_dict"].items() if k.endswith(("biases", "index"))],
             "seeds": d["meta"]["seeds"],
         }

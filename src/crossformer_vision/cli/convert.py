@@ -20,7 +20,9 @@ def add_args(p: argparse.ArgumentParser) -> None:
         default=None,
         help="record the LDA rule the weights were trained with (fixed_interval for the v1 det/seg releases)",
     )
-    p.add_argument("--trust-checkpoint", action="store_true", help="allow arbitrary pickled objects (trusted files only)")
+    p.add_argument(
+        "--trust-checkpoint", action="store_true", help="allow arbitrary pickled objects (trusted files only)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:

@@ -25,7 +25,15 @@ def add_args(p: argparse.ArgumentParser) -> None:
 
 def facts_table(rows: list[dict], img_size: tuple[int, int]) -> Table:
     table = Table(title=f"CrossFormer family at {img_size[0]}x{img_size[1]} (1 FLOP = 1 multiply-add)")
-    for col in ("variant", "params", "paper", "GFLOPs official counter", "GFLOPs executed", "GFLOPs this impl.", "paper"):
+    for col in (
+        "variant",
+        "params",
+        "paper",
+        "GFLOPs official counter",
+        "GFLOPs executed",
+        "GFLOPs this impl.",
+        "paper",
+    ):
         table.add_column(col, justify="left" if col == "variant" else "right")
     for r in rows:
         table.add_row(

@@ -31,7 +31,9 @@ def cross_scale_convs(in_chans: int, out_chans: int, kernel_sizes: Sequence[int]
     """Convolutions with different kernels and one stride; every kernel gives floor(H / stride) outputs."""
     for k in kernel_sizes:
         if k < stride or (k - stride) % 2:
-            raise ValueError(f"kernel {k} with stride {stride}: kernels must be >= stride and differ from it by an even number")
+            raise ValueError(
+                f"kernel {k} with stride {stride}: kernels must be >= stride and differ from it by an even number"
+            )
     return nn.ModuleList(
         nn.Conv2d(in_chans, dim, kernel_size=k, stride=stride, padding=(k - stride) // 2)
         for k, dim in zip(kernel_sizes, split_channels(out_chans, len(kernel_sizes)))

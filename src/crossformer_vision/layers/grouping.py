@@ -73,11 +73,10 @@ def _ceil_to(x: int, m: int) -> int:
     return -(-x // m) * m
 
 
-@functools.lru_cache(maxsize=1024)
 def plan_group_layout(
     height: int, width: int, group_size: int, interval: int, long_distance: bool, rule: LdaRule
 ) -> GroupLayout:
-    """Groups of one block, exactly as the official code of ``rule`` forms them.
+    """Groups of one block, exactly as the official code of ``rule`` forms them (cached per shape).
 
     Args:
         height, width: Token map size.
@@ -86,6 +85,12 @@ def plan_group_layout(
         long_distance: LDA block (odd block index) or SDA block (even).
         rule: ``"fixed_group"`` or ``"fixed_interval"`` (see the module docstring).
     """
+    # compiled graphs trace the plain function (dynamo warns about lru_cache wrappers)
+    plan = _plan if torch.compiler.is_compiling() else _plan_cached
+    return plan(height, width, group_size, interval, long_distance, rule)
+
+
+def _plan(height: int, width: int, group_size: int, interval: int, long_distance: bool, rule: LdaRule) -> GroupLayout:
     if rule not in LDA_RULES:
         raise ValueError(f"unknown LDA rule {rule!r}; expected one of {LDA_RULES}")
     if group_size < 1 or interval < 1:
@@ -106,3 +111,6 @@ def plan_group_layout(
         )
     hp, wp = _ceil_to(height, interval), _ceil_to(width, interval)
     return GroupLayout(height, width, (1, 1), (hp // interval, wp // interval), (interval, interval), True)
+
+
+_plan_cached = functools.lru_cache(maxsize=1024)(_plan)

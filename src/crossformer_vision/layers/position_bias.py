@@ -10,28 +10,32 @@ from torch import nn
 __all__ = ["DynamicPositionBias", "relative_offsets", "relative_position_index"]
 
 
-@functools.lru_cache(maxsize=64)
 def _offsets_cpu(group_h: int, group_w: int) -> torch.Tensor:
     dy = torch.arange(1 - group_h, group_h)
     dx = torch.arange(1 - group_w, group_w)
     return torch.stack(torch.meshgrid(dy, dx, indexing="ij"), dim=-1).reshape(-1, 2)
 
 
-@functools.lru_cache(maxsize=64)
 def _index_cpu(group_h: int, group_w: int) -> torch.Tensor:
     coords = torch.stack(torch.meshgrid(torch.arange(group_h), torch.arange(group_w), indexing="ij")).flatten(1)
     rel = coords[:, :, None] - coords[:, None, :]  # [2, N, N]: offset of token i minus token j
     return (rel[0] + group_h - 1) * (2 * group_w - 1) + (rel[1] + group_w - 1)
 
 
+_offsets_cached = functools.lru_cache(maxsize=64)(_offsets_cpu)
+_index_cached = functools.lru_cache(maxsize=64)(_index_cpu)
+
+
 def relative_offsets(group_h: int, group_w: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """All offsets (dy, dx) of a group_h x group_w group in row-major order: [(2Gh-1)(2Gw-1), 2]."""
-    return _offsets_cpu(group_h, group_w).to(device=device, dtype=dtype)
+    fn = _offsets_cpu if torch.compiler.is_compiling() else _offsets_cached
+    return fn(group_h, group_w).to(device=device, dtype=dtype)
 
 
 def relative_position_index(group_h: int, group_w: int, device: torch.device) -> torch.Tensor:
     """Row of :func:`relative_offsets` for every (query, key) pair of a group: [N, N], N = Gh*Gw."""
-    return _index_cpu(group_h, group_w).to(device)
+    fn = _index_cpu if torch.compiler.is_compiling() else _index_cached
+    return fn(group_h, group_w).to(device)
 
 
 class DynamicPositionBias(nn.Module):

@@ -73,7 +73,9 @@ def _translate(kwargs: Mapping[str, Any]) -> dict[str, Any]:
         elif key in _PASSED:
             out[key] = value
         else:
-            raise ValueError(f"unknown official CrossFormer argument {key!r} (known: {sorted(_PASSED + tuple(_RENAMED))})")
+            raise ValueError(
+                f"unknown official CrossFormer argument {key!r} (known: {sorted(_PASSED + tuple(_RENAMED))})"
+            )
     return out
 
 
@@ -99,7 +101,9 @@ def build_from_official(kwargs: Mapping[str, Any], flavour: str) -> CrossFormer:
         raise ValueError(f"unknown flavour {flavour!r}; expected one of {FLAVOURS}")
     args = _translate(kwargs)
     if flavour.startswith("v1") and args.pop("use_acl", False):
-        raise ValueError("the CrossFormer v1 code has no activation cooling layer; use a 'pp-*' flavour for use_acl=True")
+        raise ValueError(
+            "the CrossFormer v1 code has no activation cooling layer; use a 'pp-*' flavour for use_acl=True"
+        )
     args.setdefault("drop_path_rate", 0.1)
     depths = args.get("depths", (2, 2, 6, 2))
     num_stages = len(depths)

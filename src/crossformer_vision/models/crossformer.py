@@ -21,8 +21,8 @@ from typing import Any
 
 import torch
 from timm.layers import DropPath, Mlp, trunc_normal_
-from timm.models._features import feature_take_indices
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models._features import feature_take_indices
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
@@ -323,7 +323,13 @@ class CrossFormer(nn.Module):
     def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
         return dict(
             stem=r"^patch_embed",
-            blocks=r"^layers\.(\d+)" if coarse else [(r"^layers\.(\d+)\.downsample", (0,)), (r"^layers\.(\d+)\.blocks\.(\d+)", None), (r"^norm", (99999,))],
+            blocks=r"^layers\.(\d+)"
+            if coarse
+            else [
+                (r"^layers\.(\d+)\.downsample", (0,)),
+                (r"^layers\.(\d+)\.blocks\.(\d+)", None),
+                (r"^norm", (99999,)),
+            ],
         )
 
     @torch.jit.ignore
@@ -532,7 +538,9 @@ _PP = dict(group_size=(4, 4, 14, 7), crs_interval=(4, 2, 1, 1), use_acl=True)
 VARIANT_ARGS.update(
     {
         "crossformerpp_s": dict(embed_dim=64, depths=(2, 2, 18, 2), num_heads=(2, 4, 8, 16), drop_path_rate=0.2, **_PP),
-        "crossformerpp_b": dict(embed_dim=96, depths=(2, 2, 18, 2), num_heads=(3, 6, 12, 24), drop_path_rate=0.3, **_PP),
+        "crossformerpp_b": dict(
+            embed_dim=96, depths=(2, 2, 18, 2), num_heads=(3, 6, 12, 24), drop_path_rate=0.3, **_PP
+        ),
         "crossformerpp_l": dict(
             embed_dim=128, depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32), drop_path_rate=0.5, **_PP
         ),

@@ -105,7 +105,9 @@ def count_flops(model: CrossFormer, img_size: int | Sequence[int] = 224, method:
         if stage.downsample is not None:
             kernels = model.merge_kernel_sizes[s]
             merging += h * w * dim if norms else 0
-            merging += sum((h // 2) * (w // 2) * k * k * c * dim for k, c in zip(kernels, split_channels(2 * dim, len(kernels))))
+            merging += sum(
+                (h // 2) * (w // 2) * k * k * c * dim for k, c in zip(kernels, split_channels(2 * dim, len(kernels)))
+            )
             h, w = h // 2, w // 2
     head = 0.0
     if isinstance(model.head, nn.Linear):
@@ -144,8 +146,8 @@ def model_facts(name: str, img_size: int | Sequence[int] = 224) -> dict[str, flo
         "params": params,
         "params_M": round(params / 1e6, 2),
         "paper_params_M": paper_params,
-        "gflops_official": round(count_flops(model, img_size, "official").gflops, 3),
-        "gflops_executed": round(count_flops(model, img_size, "executed").gflops, 3),
-        "gflops_implementation": round(count_flops(model, img_size, "implementation").gflops, 3),
+        "gflops_official": round(count_flops(model, img_size, "official").gflops, 4),
+        "gflops_executed": round(count_flops(model, img_size, "executed").gflops, 4),
+        "gflops_implementation": round(count_flops(model, img_size, "implementation").gflops, 4),
         "paper_gflops": paper_gflops,
     }

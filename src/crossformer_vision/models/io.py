@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import _compat_pickle
 import functools
 import json
 import os
@@ -76,6 +77,9 @@ class _RestrictedUnpickler(pickle.Unpickler):
 
     def find_class(self, module: str, name: str) -> Any:
         allowed = _allowed_globals()
+        # protocol-2 files name Python 2 modules (e.g. __builtin__.set); map them as pickle itself does
+        module, name = _compat_pickle.NAME_MAPPING.get((module, name), (module, name))
+        module = _compat_pickle.IMPORT_MAPPING.get(module, module)
         full = f"{module}.{name}"
         if full in allowed:
             return allowed[full]
@@ -125,7 +129,8 @@ def read_checkpoint(path: str | os.PathLike, trusted: bool = False) -> Mapping[s
         if "Unsupported global" not in str(err):
             raise ValueError(f"cannot read {path}: the file is corrupted or not a checkpoint ({err})") from None
         try:
-            names = ", ".join(torch.serialization.get_unsafe_globals_in_checkpoint(path)) or "unknown objects"
+            found = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+            names = ", ".join(n for n in found if n not in _allowed_globals()) or str(err).split("GLOBAL ")[-1]
         except Exception:
             names = str(err).split("GLOBAL ")[-1]
         raise ValueError(

@@ -1,0 +1,29 @@
+"""The console script: model facts table, demo and error reporting."""
+
+import json
+
+from crossformer_vision.cli.main import main as cli
+
+
+def test_models_json(capsys):
+    assert cli(["models", "--json", "--variants", "crossformer_s", "crossformerpp_s"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["variant"] for r in rows] == ["crossformer_s", "crossformerpp_s"]
+    assert rows[0]["params"] == 30_657_394 and abs(rows[0]["gflops_official"] - 4.91) <= 0.02
+
+
+def test_models_table_at_other_size(capsys):
+    assert cli(["models", "--img-size", "512", "384", "--variants", "crossformer_t"]) == 0
+    out = capsys.readouterr().out
+    assert "512x384" in out and "crossformer_t" in out
+
+
+def test_demo_runs_a_variant_on_the_bundled_image(capsys):
+    assert cli(["demo", "--variants", "crossformer_t"]) == 0
+    out = capsys.readouterr().out
+    assert "64@56x56" in out and "(1, 1000)" in out
+
+
+def test_errors_are_reported_without_traceback(capsys, tmp_path):
+    assert cli(["convert", str(tmp_path / "nope.pth"), str(tmp_path / "out.safetensors")]) == 2
+    assert "checkpoint file not found" in capsys.readouterr().err
