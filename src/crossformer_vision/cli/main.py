@@ -11,6 +11,9 @@ COMMANDS = {
     "demo": ("crossformer_vision.cli.demo", "the main job on the embedded data (see the README)"),
     "models": ("crossformer_vision.cli.models", "parameters and GFLOPs of every variant next to the paper's numbers"),
     "convert": ("crossformer_vision.cli.convert", "convert an official checkpoint to safetensors"),
+    "train": ("crossformer_vision.cli.train", "train an image classifier (also under torchrun)"),
+    "eval": ("crossformer_vision.cli.evaluate", "evaluate a classifier: top-1/top-5/loss/per-class accuracy"),
+    "predict": ("crossformer_vision.cli.predict", "classify images: top-k labels with probabilities"),
 }
 
 

@@ -1,0 +1,44 @@
+"""``crossformer eval``: top-1 / top-5 / loss / per-class accuracy of a run or an official checkpoint."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from rich.console import Console
+from rich.table import Table
+
+
+def add_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", required=True, help="run directory, final.safetensors, or an official .pth")
+    p.add_argument("--model", default=None, help="model name (only for official files of non-CrossFormer models)")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument(
+        "--trust-checkpoint", action="store_true", help="allow arbitrary pickled objects (trusted files only)"
+    )
+    p.add_argument(
+        "overrides", nargs="*", metavar="KEY=VALUE", help="data overrides, e.g. data.dataset=folder data.root=/imagenet"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..tasks.classification.inference import evaluate_checkpoint
+
+    out = evaluate_checkpoint(args.checkpoint, args.overrides, args.model, args.batch_size, args.trust_checkpoint)
+    if args.json:
+        print(json.dumps(out, indent=1))
+        return 0
+    m = out["metrics"]
+    console = Console(width=None if Console().is_terminal else 120)
+    console.print(
+        f"[bold]top-1 {m['top1']:.2f}%   top-5 {m['top5']:.2f}%   loss {m['loss']:.4f}[/]   "
+        f"({m['num_images']} images, {m['skipped']} skipped)"
+    )
+    table = Table(title="per-class accuracy")
+    for col in ("class", "images", "accuracy %"):
+        table.add_column(col, justify="left" if col == "class" else "right")
+    for row in out["per_class"]:
+        table.add_row(row["class"], str(row["images"]), f"{row['accuracy']:.2f}")
+    console.print(table)
+    return 0

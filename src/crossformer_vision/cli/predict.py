@@ -1,0 +1,39 @@
+"""``crossformer predict``: images or folders -> top-k labels with probabilities (table or JSON)."""
+
+from __future__ import annotations
+
+import argparse
+
+from rich.console import Console
+from rich.table import Table
+
+
+def add_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("inputs", nargs="+", help="image files and/or folders")
+    p.add_argument("--checkpoint", required=True, help="run directory, final.safetensors, or an official .pth")
+    p.add_argument("--model", default=None, help="model name (only for official files of non-CrossFormer models)")
+    p.add_argument("--topk", type=int, default=5)
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument(
+        "--trust-checkpoint", action="store_true", help="allow arbitrary pickled objects (trusted files only)"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..tasks.classification.inference import predict_images, results_json
+
+    results = predict_images(args.checkpoint, args.inputs, args.topk, args.model, trusted=args.trust_checkpoint)
+    if args.json:
+        print(results_json(results))
+        return 0
+    table = Table()
+    for col in ("image", "rank", "label", "probability"):
+        table.add_column(col)
+    for r in results:
+        if "error" in r:
+            table.add_row(r["image"], "-", f"[red]unreadable: {r['error']}[/]", "-")
+            continue
+        for rank, t in enumerate(r["top"], 1):
+            table.add_row(r["image"] if rank == 1 else "", str(rank), t["label"], f"{t['probability']:.4f}")
+    Console(width=None if Console().is_terminal else 140).print(table)
+    return 0

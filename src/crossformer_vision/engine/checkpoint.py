@@ -1,0 +1,168 @@
+"""Training checkpoints that lose nothing: atomic directories, the last N kept, exact resume.
+
+A checkpoint is a directory ``step-00001234/`` holding
+
+* ``model.safetensors`` (and ``ema.safetensors``): the weights, in the project's own format;
+* ``state.pt``: optimizer, scheduler, grad scaler, RNG states, epoch / step counters, metric history
+  (plain tensors and values: it loads with ``torch.load(weights_only=True)``);
+* ``config.yaml``: the resolved run configuration;
+* ``meta.json``: written last; a directory without it is incomplete and ignored.
+
+Everything is first written to a hidden temporary directory next to it, flushed to disk, then renamed in one
+``os.replace``. A run killed at any moment leaves the previous checkpoint untouched; a full disk or a read-only
+directory raises :class:`CheckpointWriteError` and the previous checkpoint is still there.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from .config import save_config
+
+__all__ = ["CheckpointManager", "CheckpointWriteError", "load_training_checkpoint"]
+
+_PREFIX = "step-"
+
+
+class CheckpointWriteError(RuntimeError):
+    """A checkpoint could not be written; the previous one is intact."""
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _tensors(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    # safetensors refuses shared storage: every tensor gets its own contiguous copy
+    return {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
+
+
+class CheckpointManager:
+    """Writes and finds training checkpoints in ``directory``.
+
+    Args:
+        directory: Where ``step-*`` directories live.
+        keep_last: How many complete checkpoints to keep (older ones are deleted after a successful write).
+    """
+
+    def __init__(self, directory: str | os.PathLike, keep_last: int = 3):
+        if keep_last < 1:
+            raise ValueError(f"keep_last must be >= 1, got {keep_last}")
+        self.directory = Path(directory)
+        self.keep_last = keep_last
+
+    def checkpoints(self) -> list[Path]:
+        """Complete checkpoints, oldest first."""
+        if not self.directory.is_dir():
+            return []
+        found = [p for p in self.directory.glob(f"{_PREFIX}*") if p.is_dir() and (p / "meta.json").is_file()]
+        return sorted(found, key=lambda p: int(p.name[len(_PREFIX) :]))
+
+    def latest(self) -> Path | None:
+        found = self.checkpoints()
+        return found[-1] if found else None
+
+    def save(
+        self,
+        step: int,
+        model_state: Mapping[str, torch.Tensor],
+        train_state: Mapping[str, Any],
+        config: Mapping[str, Any],
+        ema_state: Mapping[str, torch.Tensor] | None = None,
+        meta: Mapping[str, Any] | None = None,
+    ) -> Path:
+        """Write checkpoint ``step`` atomically and prune old ones; returns its directory."""
+        final = self.directory / f"{_PREFIX}{step:08d}"
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=self.directory))
+        except OSError as err:
+            raise self._error(err, final) from None
+        try:
+            save_file(_tensors(model_state), str(tmp / "model.safetensors"))
+            if ema_state is not None:
+                save_file(_tensors(ema_state), str(tmp / "ema.safetensors"))
+            torch.save(dict(train_state), tmp / "state.pt")
+            save_config(config, tmp / "config.yaml")
+            info = {"step": step, "time": time.strftime("%Y-%m-%dT%H:%M:%S"), **(meta or {})}
+            (tmp / "meta.json").write_text(json.dumps(info, indent=1))
+            for f in tmp.iterdir():
+                with open(f, "rb") as fh:
+                    os.fsync(fh.fileno())
+            if final.exists():  # same step written again (e.g. end of epoch right after a periodic save)
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+            _fsync_dir(self.directory)
+        except OSError as err:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise self._error(err, final) from None
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        self._prune()
+        return final
+
+    def _error(self, err: OSError, target: Path) -> CheckpointWriteError:
+        reason = {
+            errno.ENOSPC: "no space left on the device",
+            errno.EDQUOT: "disk quota exceeded",
+            errno.EACCES: "permission denied",
+            errno.EPERM: "operation not permitted",
+            errno.EROFS: "the file system is read-only",
+        }.get(err.errno or -1, str(err))
+        previous = self.latest()
+        kept = f"the previous checkpoint {previous} is intact" if previous else "no earlier checkpoint exists"
+        return CheckpointWriteError(
+            f"cannot write checkpoint {target}: {reason}; {kept}. Free space or choose another output directory "
+            "(train.output_dir=...) and resume."
+        )
+
+    def _prune(self) -> None:
+        for old in self.checkpoints()[: -self.keep_last]:
+            shutil.rmtree(old, ignore_errors=True)
+        for tmp in self.directory.glob(f".{_PREFIX}*.tmp"):  # left by a run killed while writing
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def load_training_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a checkpoint directory written by :class:`CheckpointManager` (or the run directory: its latest)."""
+    path = Path(path)
+    if path.is_dir() and not (path / "meta.json").is_file():
+        latest = CheckpointManager(path if any(path.glob(f"{_PREFIX}*")) else path / "checkpoints").latest()
+        if latest is None:
+            raise FileNotFoundError(f"no complete checkpoint (step-*/meta.json) found in {path}")
+        path = latest
+    if not (path / "meta.json").is_file():
+        raise FileNotFoundError(f"{path} is not a complete checkpoint directory (meta.json is missing)")
+    import yaml
+
+    out = {
+        "path": path,
+        "meta": json.loads((path / "meta.json").read_text()),
+        "model": load_file(str(path / "model.safetensors")),
+        "state": torch.load(path / "state.pt", map_location="cpu", weights_only=True),
+        "config": yaml.safe_load((path / "config.yaml").read_text()),
+    }
+    if (path / "ema.safetensors").is_file():
+        out["ema"] = load_file(str(path / "ema.safetensors"))
+    return out

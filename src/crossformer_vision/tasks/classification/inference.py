@@ -1,0 +1,175 @@
+"""Evaluate or run a trained / official classifier: ``crossformer eval`` and ``crossformer predict``."""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+from safetensors import safe_open
+from timm.data import create_transform, resolve_model_data_config
+from torch import nn
+
+from ...data.folder import IMAGE_EXTENSIONS, load_rgb
+from ...engine import DistInfo, apply_overrides, init_distributed, load_config
+from ...models import detect_variant
+from ...models.io import read_checkpoint, read_state_dict
+from .config import DEFAULTS
+from .data import build_datasets
+from .evaluate import evaluate_classifier, per_class_accuracy
+from .model import load_classifier_weights, load_run_model
+
+__all__ = ["evaluate_checkpoint", "load_any_classifier", "predict_images"]
+
+
+def _is_run_file(path: Path) -> bool:
+    if path.is_dir():
+        return (path / "final.safetensors").is_file()
+    if path.suffix != ".safetensors":
+        return False
+    with safe_open(str(path), "pt") as f:
+        return (f.metadata() or {}).get("task") == "classification"
+
+
+def load_any_classifier(
+    checkpoint: str | Path, model_name: str | None = None, trusted: bool = False
+) -> tuple[nn.Module, dict[str, Any]]:
+    """A run of ``crossformer train`` (directory or ``final.safetensors``) or an official / converted checkpoint.
+
+    Returns:
+        ``(model in eval mode, info)`` with ``info["classes"]`` (None when unknown), ``info["data_config"]``
+        and ``info["run_config"]`` (the training config, for runs).
+    """
+    path = Path(checkpoint)
+    if _is_run_file(path):
+        model, info = load_run_model(path)
+        run_cfg = (path if path.is_dir() else path.parent) / "config.yaml"
+        info["run_config"] = load_config(DEFAULTS, run_cfg) if run_cfg.is_file() else None
+        return model, info
+    sd = read_state_dict(path, trusted)
+    name = model_name or detect_variant(sd)
+    if name is None:
+        raise ValueError(f"cannot tell which model {path} holds; pass --model NAME")
+    num_classes = sd["head.weight"].shape[0] if "head.weight" in sd else 1000
+    model = timm.create_model(name, num_classes=num_classes)
+    load_classifier_weights(model, path) if path.suffix == ".safetensors" else _load_official(model, path, trusted)
+    classes = timm.data.ImageNetInfo().label_descriptions() if num_classes == 1000 else None
+    return model.eval(), {
+        "classes": classes,
+        "data_config": resolve_model_data_config(model),
+        "model": name,
+        "run_config": None,
+    }
+
+
+def _load_official(model: nn.Module, path: Path, trusted: bool) -> None:
+    from ...models import load_official_state_dict
+
+    ckpt = read_checkpoint(path, trusted)
+    if type(model).__name__ == "CrossFormer":
+        load_official_state_dict(model, ckpt)
+    else:
+        model.load_state_dict(ckpt.get("model", ckpt.get("state_dict", ckpt)))
+
+
+def evaluate_checkpoint(
+    checkpoint: str | Path,
+    overrides: Sequence[str] = (),
+    model_name: str | None = None,
+    batch_size: int = 128,
+    trusted: bool = False,
+) -> dict[str, Any]:
+    """Top-1 / top-5 / loss / per-class accuracy of a checkpoint on a dataset.
+
+    The dataset is the run's validation data (for runs) unless ``overrides`` say otherwise
+    (``data.dataset=folder data.root=/imagenet data.val_split=val``); preprocessing comes from the run or
+    from the model's pretrained config (resize 256 bicubic, centre crop 224 for ImageNet models).
+    """
+    dist: DistInfo = init_distributed()
+    model, info = load_any_classifier(checkpoint, model_name, trusted)
+    model.to(dist.device)
+    cfg = copy.deepcopy(info["run_config"] or DEFAULTS)
+    cfg = apply_overrides(cfg, overrides)
+    dcfg = dict(info["data_config"])
+    dcfg = {k: dcfg[k] for k in ("input_size", "crop_pct", "interpolation", "mean", "std")}
+    dcfg["input_size"] = tuple(dcfg["input_size"])
+    _, val_ds, classes = build_datasets(cfg, dcfg, train=False)
+    num_classes = len(info["classes"] or classes)
+    if info["classes"] is not None and len(classes) != num_classes:
+        raise ValueError(f"the model predicts {num_classes} classes but the dataset has {len(classes)}")
+    metrics, confusion = evaluate_classifier(model, val_ds, num_classes, dist, batch_size, cfg["data"]["workers"])
+    names = info["classes"] or classes
+    return {"metrics": metrics, "per_class": per_class_accuracy(confusion[: len(names), : len(names)], list(names))}
+
+
+def _image_paths(inputs: Sequence[str]) -> list[Path]:
+    paths: list[Path] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            paths += sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_EXTENSIONS)
+        elif p.is_file():
+            paths.append(p)
+        else:
+            raise FileNotFoundError(f"no such image or folder: {p}")
+    if not paths:
+        raise ValueError(f"no images found in {list(inputs)}")
+    return paths
+
+
+@torch.no_grad()
+def predict_images(
+    checkpoint: str | Path,
+    inputs: Sequence[str],
+    topk: int = 5,
+    model_name: str | None = None,
+    batch_size: int = 32,
+    trusted: bool = False,
+) -> list[dict[str, Any]]:
+    """Top-k labels with probabilities for images and folders of images."""
+    model, info = load_any_classifier(checkpoint, model_name, trusted)
+    dcfg = info["data_config"]
+    transform = create_transform(
+        input_size=tuple(dcfg["input_size"]),
+        crop_pct=dcfg["crop_pct"],
+        interpolation=dcfg["interpolation"],
+        mean=tuple(dcfg["mean"]),
+        std=tuple(dcfg["std"]),
+    )
+    classes = info["classes"]
+    results = []
+    paths = _image_paths(inputs)
+    for start in range(0, len(paths), batch_size):
+        chunk, images, errors = paths[start : start + batch_size], [], {}
+        for p in chunk:
+            try:
+                images.append(transform(load_rgb(p)))
+            except (OSError, ValueError) as err:
+                errors[p] = str(err)
+        probs = model(torch.stack(images)).softmax(dim=-1) if images else torch.empty(0)
+        k = min(topk, probs.shape[-1]) if images else 0
+        it = iter(range(len(images)))
+        for p in chunk:
+            if p in errors:
+                results.append({"image": str(p), "error": errors[p]})
+                continue
+            row = probs[next(it)]
+            top = row.topk(k)
+            results.append(
+                {
+                    "image": str(p),
+                    "top": [
+                        {"label": classes[i] if classes else str(i), "index": int(i), "probability": round(float(v), 6)}
+                        for v, i in zip(top.values.tolist(), top.indices.tolist())
+                    ],
+                }
+            )
+    return results
+
+
+def results_json(results: list[dict[str, Any]]) -> str:
+    return json.dumps(results, indent=1)
