@@ -21,3 +21,54 @@ __all__ = [
     "read_idx",
     "write_idx",
 ]
+
+from .segmentation import (
+    ADE20K,
+    ADE20K_CLASSES,
+    IGNORE_INDEX,
+    IMAGENET_MEAN_255,
+    IMAGENET_STD_255,
+    SEG_DEMO_SIZES,
+    FolderSegmentation,
+    SegmentationDataset,
+    collate,
+    eval_transforms,
+    read_class_file,
+    seg_demo,
+    train_transforms,
+)
+
+__all__ += [
+    "ADE20K",
+    "ADE20K_CLASSES",
+    "IGNORE_INDEX",
+    "IMAGENET_MEAN_255",
+    "IMAGENET_STD_255",
+    "SEG_DEMO_SIZES",
+    "FolderSegmentation",
+    "SegmentationDataset",
+    "collate",
+    "eval_transforms",
+    "read_class_file",
+    "seg_demo",
+    "train_transforms",
+]
+
+# COCO-format detection / instance segmentation data (pycocotools needed for masks).
+from .coco import (  # noqa: E402
+    DET_DEMO_REBUILD_COMMAND,
+    CocoDetection,
+    det_demo,
+    det_demo_dir,
+    detection_collate,
+    detection_transforms,
+)
+
+__all__ += [
+    "DET_DEMO_REBUILD_COMMAND",
+    "CocoDetection",
+    "det_demo",
+    "det_demo_dir",
+    "detection_collate",
+    "detection_transforms",
+]

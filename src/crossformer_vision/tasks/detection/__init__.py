@@ -1,5 +1,21 @@
-"""Detection on CrossFormer backbones with torchvision's RetinaNet / Mask R-CNN, and mmdetection weight conversion."""
+"""Detection and instance segmentation on CrossFormer backbones with torchvision's RetinaNet / Faster R-CNN /
+Mask R-CNN: backbone adapters, builders by name, the paper's recipes, mmdetection weight conversion, COCO evaluation
+and visualisation."""
 
+from .backbones import (
+    BACKBONE_NAMES,
+    DETECTION_GROUP_SIZE,
+    DETECTION_INTERVAL,
+    TIMM_BACKBONES,
+    DetectionBackbone,
+    TimmTrunk,
+    build_detection_backbone,
+    build_trunk,
+    default_lda_rule,
+)
+from .builders import DETECTOR_TYPES, build_detector, list_detectors, parse_detector_name
+from .coco_eval import COCO_METRIC_NAMES, CocoEvaluator, masks_to_rle, predictions_to_coco
+from .detectors import FasterRCNNDetector, MaskRCNNDetector, RetinaNetDetector, check_targets
 from .mm_convert import (
     ZERO_FILLED,
     MMAnchorGenerator,
@@ -14,12 +30,36 @@ from .mm_convert import (
     convert_mmdet_rpn_head,
     mmdet_map_roi_levels,
 )
+from .recipes import MULTI_SCALE_MIN_SIZES, RECIPES, DetectionRecipe, get_recipe
+from .visualize import detection_to_json, draw_detections, load_image, predict, predict_and_save
+from .weights import TransferReport, build_detector_from_mmdet, inspect_mmdet_checkpoint, load_mmdet_checkpoint
 
 __all__ = [
+    "BACKBONE_NAMES",
+    "COCO_METRIC_NAMES",
+    "DETECTION_GROUP_SIZE",
+    "DETECTION_INTERVAL",
+    "DETECTOR_TYPES",
+    "MULTI_SCALE_MIN_SIZES",
+    "RECIPES",
+    "TIMM_BACKBONES",
     "ZERO_FILLED",
+    "CocoEvaluator",
+    "DetectionBackbone",
+    "DetectionRecipe",
+    "FasterRCNNDetector",
     "MMAnchorGenerator",
     "MMLastLevelP6P7",
     "MMMultiScaleRoIAlign",
+    "MaskRCNNDetector",
+    "RetinaNetDetector",
+    "TimmTrunk",
+    "TransferReport",
+    "build_detection_backbone",
+    "build_detector",
+    "build_detector_from_mmdet",
+    "build_trunk",
+    "check_targets",
     "convert_mmdet_bbox_head",
     "convert_mmdet_fpn",
     "convert_mmdet_mask_head",
@@ -27,5 +67,18 @@ __all__ = [
     "convert_mmdet_retina_head",
     "convert_mmdet_retinanet",
     "convert_mmdet_rpn_head",
+    "default_lda_rule",
+    "detection_to_json",
+    "draw_detections",
+    "get_recipe",
+    "inspect_mmdet_checkpoint",
+    "list_detectors",
+    "load_image",
+    "load_mmdet_checkpoint",
+    "masks_to_rle",
     "mmdet_map_roi_levels",
+    "parse_detector_name",
+    "predict",
+    "predict_and_save",
+    "predictions_to_coco",
 ]

@@ -1,5 +1,64 @@
-"""Semantic segmentation: mmseg-compatible UPerNet / Semantic FPN heads and neck, without mmcv or mmseg."""
+"""Semantic segmentation: mmseg-compatible UPerNet / Semantic FPN on CrossFormer and timm backbones, without mmcv.
 
+* :func:`build_segmentor` (``upernet_crossformer_s``, ``semfpn_crossformerpp_b``, ``upernet_swin_t``, ...) gives a
+  :class:`Segmentor` whose ``forward(images, targets)`` returns losses in train mode and logits in eval mode;
+* :func:`load_mmseg_checkpoint` builds and loads one from an official mmseg checkpoint;
+* :func:`inference` / :func:`predict`: whole / sliding-window, multi-scale and flip testing;
+* :class:`SegmentationMetric`: dataset-level mIoU / mAcc / aAcc (distributed-ready);
+* :func:`save_overlays`: prediction vs ground-truth pictures.
+"""
+
+from .backbones import TIMM_ALIASES, TimmBackbone, build_backbone, build_crossformer_backbone, default_lda_rule
+from .convert import describe_mmseg_state_dict, load_mmseg_checkpoint, segmentor_from_mmseg
 from .heads import FPN, ConvModule, FCNHead, FPNHead, UPerHead, Upsample, resize_logits
+from .inference import (
+    ADE20K_TEST_SCALE,
+    MS_RATIOS,
+    inference,
+    predict,
+    rescale_size,
+    slide_inference,
+    whole_inference,
+)
+from .metrics import SegmentationMetric, intersect_and_union, summarize_areas
+from .model import Segmentor, build_segmentor, list_segmentors, segmentation_loss, semantic_fpn, upernet
+from .necks import MultiLevelNeck
+from .visualize import colorize, make_palette, save_overlays
 
-__all__ = ["FPN", "ConvModule", "FCNHead", "FPNHead", "UPerHead", "Upsample", "resize_logits"]
+__all__ = [
+    "ADE20K_TEST_SCALE",
+    "FPN",
+    "MS_RATIOS",
+    "TIMM_ALIASES",
+    "ConvModule",
+    "FCNHead",
+    "FPNHead",
+    "MultiLevelNeck",
+    "SegmentationMetric",
+    "Segmentor",
+    "TimmBackbone",
+    "UPerHead",
+    "Upsample",
+    "build_backbone",
+    "build_crossformer_backbone",
+    "build_segmentor",
+    "colorize",
+    "default_lda_rule",
+    "describe_mmseg_state_dict",
+    "inference",
+    "intersect_and_union",
+    "list_segmentors",
+    "load_mmseg_checkpoint",
+    "make_palette",
+    "predict",
+    "rescale_size",
+    "resize_logits",
+    "save_overlays",
+    "segmentation_loss",
+    "segmentor_from_mmseg",
+    "semantic_fpn",
+    "slide_inference",
+    "summarize_areas",
+    "upernet",
+    "whole_inference",
+]

@@ -1,0 +1,313 @@
+"""Backbones for torchvision's detectors: a trunk (CrossFormer, timm Swin / ResNet) plus an mmdet-equivalent FPN.
+
+A :class:`DetectionBackbone` takes an image batch and returns an ``OrderedDict`` of feature maps with
+``out_channels`` set, which is what torchvision's ``RetinaNet`` / ``FasterRCNN`` / ``MaskRCNN`` expect. It has the
+layout of torchvision's ``BackboneWithFPN`` (``body`` = the trunk, ``fpn`` = ``FeaturePyramidNetwork``), so the FPN
+keys are ``backbone.fpn.*`` inside a detector, where :mod:`.mm_convert` puts the converted mmdet neck, and a
+CrossFormer trunk's keys are ``backbone.body.<official key>``.
+
+Two pyramids, as in the official configs:
+
+* ``"retinanet"``: FPN over C3-C5, then P6 = conv(C5) and P7 = conv(P6) with no ReLU in between (mmdet
+  ``start_level=1, add_extra_convs='on_input'``; :class:`MMLastLevelP6P7`). Levels ``0, 1, 2, p6, p7`` =
+  strides 8..128.
+* ``"rcnn"``: FPN over C2-C5 plus a stride-2 max-pool of P5 (``LastLevelMaxPool``). Levels ``0, 1, 2, 3, pool`` =
+  strides 4..64.
+
+``frozen_stages=k`` freezes the stem and the first ``k`` stages (no gradients, kept in eval mode: mmdet's
+``frozen_stages``; ``0`` freezes only the stem, ``-1`` nothing). ``norm_eval=True`` keeps every BatchNorm of the trunk
+in eval mode (running statistics frozen, affine parameters still trained), as mmdet's ResNet configs do.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import OrderedDict
+from collections.abc import Mapping
+from typing import Any, Literal
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchvision.ops import FeaturePyramidNetwork
+from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
+
+from ...models import CrossFormerBackbone, create_model, list_variants, load_official_state_dict
+from .mm_convert import MMLastLevelP6P7
+
+__all__ = [
+    "BACKBONE_NAMES",
+    "DETECTION_GROUP_SIZE",
+    "DETECTION_INTERVAL",
+    "PYRAMIDS",
+    "TIMM_BACKBONES",
+    "DetectionBackbone",
+    "TimmTrunk",
+    "build_detection_backbone",
+    "build_trunk",
+    "default_lda_rule",
+    "trunk_stages",
+]
+
+Pyramid = Literal["retinanet", "rcnn"]
+PYRAMIDS: tuple[str, ...] = ("retinanet", "rcnn")
+
+#: Group size and LDA interval of every official CrossFormer / CrossFormer++ detection config (also the ++ ones).
+DETECTION_GROUP_SIZE = (7, 7, 7, 7)
+DETECTION_INTERVAL = (8, 4, 2, 1)
+
+#: Comparison backbones: our short name -> timm model name.
+TIMM_BACKBONES: dict[str, str] = {"swin_t": "swin_tiny_patch4_window7_224", "resnet50": "resnet50"}
+
+#: Every backbone name the detection builders accept.
+BACKBONE_NAMES: tuple[str, ...] = (*list_variants(), *TIMM_BACKBONES)
+
+
+def default_lda_rule(name: str) -> str:
+    """The LDA rule the official detection weights of ``name`` were trained with.
+
+    CrossFormer v1 (``crossformer_*``) detection / segmentation weights use the v1 dense rule (``"fixed_interval"``),
+    CrossFormer++ (``crossformerpp_*``) ones the main-branch rule (``"fixed_group"``).
+    """
+    if name not in list_variants():
+        raise ValueError(f"{name!r} is not a CrossFormer variant; expected one of {list_variants()}")
+    return "fixed_group" if name.startswith("crossformerpp_") else "fixed_interval"
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Trunks: image -> list of NCHW maps at strides 4, 8, 16, 32
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+class TimmTrunk(nn.Module):
+    """A timm ``features_only`` model as a trunk: ``[B, 3, H, W]`` -> 4 NCHW maps at strides 4, 8, 16, 32.
+
+    * Swin's features are NHWC in timm; they are permuted to NCHW. The model is created with
+      ``strict_img_size=False`` so that any input size works (window attention masks are built per input), and the
+      input is zero-padded at the bottom / right to a multiple of the patch size 4, as mmdet's Swin does (patch
+      merging pads odd maps), so the maps are ``ceil(H / s) x ceil(W / s)`` like CrossFormer's.
+    * ``out_norm=True`` adds a LayerNorm per output, like mmdet's ``SwinTransformer`` (``norm0..3``; new weights).
+
+    Args:
+        model_name: a timm model name, e.g. ``"swin_tiny_patch4_window7_224"`` or ``"resnet50"``.
+        pretrained: load timm's default pretrained weights (needs the Hugging Face hub or its cache).
+        pretrained_file: load weights from this local file instead (timm ``pretrained_cfg_overlay``).
+        out_norm: add a LayerNorm after each output (default: True for Swin, False otherwise).
+        **kwargs: timm model arguments (``drop_path_rate``, ``depths``, ``layers``, ...).
+    """
+
+    def __init__(
+        self,
+        model_name: str,
+        *,
+        pretrained: bool = False,
+        pretrained_file: str | os.PathLike | None = None,
+        out_norm: bool | None = None,
+        **kwargs: Any,
+    ):
+        super().__init__()
+        import timm
+
+        self.is_swin = model_name.startswith("swin")
+        if self.is_swin:
+            kwargs.setdefault("strict_img_size", False)
+        if pretrained_file is not None:
+            pretrained = True
+            kwargs["pretrained_cfg_overlay"] = dict(file=os.fspath(pretrained_file))
+        # ResNet's feature index 0 is the stem (stride 2); the stages are 1..4. Swin has exactly 4 (strides 4..32).
+        out_indices = (1, 2, 3, 4) if not self.is_swin else (0, 1, 2, 3)
+        self.model = timm.create_model(
+            model_name, pretrained=pretrained, features_only=True, out_indices=out_indices, **kwargs
+        )
+        self.out_channels = list(self.model.feature_info.channels())
+        self.out_strides = list(self.model.feature_info.reduction())
+        if self.out_strides != [4, 8, 16, 32]:
+            raise ValueError(f"{model_name}: expected feature strides [4, 8, 16, 32], got {self.out_strides}")
+        self.nhwc = str(getattr(self.model, "output_fmt", "NCHW")).endswith("NHWC")
+        self.out_norms = (
+            nn.ModuleList(nn.LayerNorm(c) for c in self.out_channels)
+            if (self.is_swin if out_norm is None else out_norm)
+            else None
+        )
+        self.pad_multiple = 4 if self.is_swin else 1
+
+    def stages(self) -> list[list[nn.Module]]:
+        """``[stem, stage 1, ..., stage 4]`` as lists of modules (for ``frozen_stages``)."""
+        children = dict(self.model.named_children())
+        if self.is_swin:
+            # timm puts the patch merging at the start of stages 2-4 (mmdet at the end of stages 1-3)
+            groups = [[children["patch_embed"]]] + [[children[f"layers_{i}"]] for i in range(4)]
+        else:
+            groups = [[children[n] for n in ("conv1", "bn1") if n in children]]
+            groups += [[children[f"layer{i}"]] for i in range(1, 5)]
+        if self.out_norms is not None:
+            for i, norm in enumerate(self.out_norms):
+                groups[i + 1].append(norm)
+        return groups
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        """``[B, 3, H, W]`` -> 4 maps ``[B, C_i, ceil(H / s_i), ceil(W / s_i)]`` for ``s_i`` = 4, 8, 16, 32."""
+        h, w = x.shape[-2:]
+        pad_h, pad_w = (-h) % self.pad_multiple, (-w) % self.pad_multiple
+        if pad_h or pad_w:
+            x = F.pad(x, (0, pad_w, 0, pad_h))
+        feats = self.model(x)
+        if self.out_norms is not None:
+            feats = [norm(f if self.nhwc else f.permute(0, 2, 3, 1)) for norm, f in zip(self.out_norms, feats)]
+            return [f.permute(0, 3, 1, 2).contiguous() for f in feats]
+        return [f.permute(0, 3, 1, 2).contiguous() for f in feats] if self.nhwc else list(feats)
+
+
+def trunk_stages(body: nn.Module) -> list[list[nn.Module]]:
+    """``[stem, stage 1, stage 2, stage 3, stage 4]`` of a trunk, each a list of modules."""
+    if isinstance(body, CrossFormerBackbone):
+        return [[body.patch_embed]] + [[stage] for stage in body.layers]
+    if isinstance(body, TimmTrunk):
+        return body.stages()
+    raise TypeError(f"no stage layout known for {type(body).__name__}; use a CrossFormerBackbone or a TimmTrunk")
+
+
+def build_trunk(
+    name: str,
+    *,
+    lda_rule: str | None = None,
+    weights: str | os.PathLike | Mapping | None = None,
+    **kwargs: Any,
+) -> nn.Module:
+    """The trunk of a detection backbone: 4 NCHW maps at strides 4, 8, 16, 32.
+
+    Args:
+        name: a CrossFormer variant (``crossformer_s``, ``crossformerpp_b``, ...), ``swin_t`` or ``resnet50``.
+        lda_rule: CrossFormer only; default :func:`default_lda_rule` (the rule of the official detection weights).
+        weights: CrossFormer: a checkpoint path or object of any official layout (ImageNet classification, backbone
+            only, or a full mmdet / mmseg checkpoint: its ``backbone.*`` entries), loaded with every key checked.
+            timm: a local weights file, or ``"timm"`` for timm's default pretrained weights.
+        **kwargs: model arguments. CrossFormer: ``group_size`` / ``crs_interval`` (default: the official detection
+            values ``(7, 7, 7, 7)`` / ``(8, 4, 2, 1)`` for every variant), ``drop_path_rate``, and architecture
+            overrides (``embed_dim``, ``depths``, ``num_heads``) for tiny test models. timm: its model arguments.
+
+    Raises:
+        ValueError: unknown name (listing the known ones) or weights that do not fit.
+    """
+    if name in TIMM_BACKBONES:
+        if lda_rule is not None:
+            raise ValueError(f"lda_rule applies to CrossFormer backbones only, not to {name!r}")
+        if weights is not None and not isinstance(weights, (str, os.PathLike)):
+            raise TypeError(f"{name}: weights must be a file path or 'timm', got {type(weights).__name__}")
+        if weights == "timm":
+            return TimmTrunk(TIMM_BACKBONES[name], pretrained=True, **kwargs)
+        return TimmTrunk(TIMM_BACKBONES[name], pretrained_file=weights, **kwargs)
+    if name not in list_variants():
+        raise ValueError(f"unknown detection backbone {name!r}; known backbones: {', '.join(BACKBONE_NAMES)}")
+    kwargs.setdefault("group_size", DETECTION_GROUP_SIZE)
+    kwargs.setdefault("crs_interval", DETECTION_INTERVAL)
+    body = create_model(name, dense=True, lda_rule=lda_rule or default_lda_rule(name), **kwargs)
+    if weights is not None:
+        if isinstance(weights, (str, os.PathLike)):
+            from ...models.io import read_checkpoint
+
+            weights = read_checkpoint(weights)
+        load_official_state_dict(body, weights)
+    return body
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Trunk + FPN
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+class DetectionBackbone(nn.Module):
+    """Trunk + FPN with torchvision's ``BackboneWithFPN`` layout (``body``, ``fpn``, ``out_channels``).
+
+    Args:
+        body: a trunk returning 4 NCHW maps (C2..C5) and exposing ``out_channels`` (see :func:`build_trunk`).
+        pyramid: ``"retinanet"`` (C3-C5 + P6/P7 from C5) or ``"rcnn"`` (C2-C5 + max-pool P6).
+        fpn_channels: FPN width (256 in every official config).
+        frozen_stages: freeze the stem and the first ``k`` stages (``-1``: nothing).
+        norm_eval: keep the trunk's BatchNorm layers in eval mode during training.
+
+    Shapes:
+        ``[B, 3, H, W]`` -> ``OrderedDict`` of ``[B, fpn_channels, H / s, W / s]`` (rounded up),
+        ``s`` = 8, 16, 32, 64, 128 (``retinanet``) or 4, 8, 16, 32, 64 (``rcnn``).
+    """
+
+    def __init__(
+        self,
+        body: nn.Module,
+        pyramid: Pyramid,
+        *,
+        fpn_channels: int = 256,
+        frozen_stages: int = -1,
+        norm_eval: bool = False,
+    ):
+        super().__init__()
+        if pyramid not in PYRAMIDS:
+            raise ValueError(f"unknown pyramid {pyramid!r}; expected one of {PYRAMIDS}")
+        channels = list(body.out_channels)
+        if len(channels) != 4:
+            raise ValueError(f"the trunk must return 4 maps (C2..C5), it has out_channels {channels}")
+        self.body = body
+        self.pyramid = pyramid
+        if pyramid == "retinanet":
+            self.in_indices = (1, 2, 3)
+            extra = MMLastLevelP6P7(channels[-1], fpn_channels, on_input=True)
+            self.strides = (8, 16, 32, 64, 128)
+        else:
+            self.in_indices = (0, 1, 2, 3)
+            extra = LastLevelMaxPool()
+            self.strides = (4, 8, 16, 32, 64)
+        self.fpn = FeaturePyramidNetwork([channels[i] for i in self.in_indices], fpn_channels, extra_blocks=extra)
+        self.out_channels = fpn_channels
+        self.featmap_names = [str(i) for i in range(len(self.in_indices))]  # the FPN levels (not the extra ones)
+
+        num_stages = len(trunk_stages(body)) - 1
+        if not -1 <= frozen_stages <= num_stages:
+            raise ValueError(f"frozen_stages must be in [-1, {num_stages}], got {frozen_stages}")
+        self.frozen_stages = frozen_stages
+        self.norm_eval = norm_eval
+        for module in self._frozen_modules():
+            for p in module.parameters():
+                p.requires_grad_(False)
+        self.train()
+
+    def _frozen_modules(self) -> list[nn.Module]:
+        return [m for group in trunk_stages(self.body)[: self.frozen_stages + 1] for m in group]
+
+    def train(self, mode: bool = True) -> DetectionBackbone:
+        """Train mode, except frozen stages (and BatchNorm layers when ``norm_eval``), which stay in eval mode."""
+        super().train(mode)
+        if mode:
+            for module in self._frozen_modules():
+                module.eval()
+            if self.norm_eval:
+                for module in self.body.modules():
+                    if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                        module.eval()
+        return self
+
+    def forward(self, x: Tensor) -> OrderedDict[str, Tensor]:
+        feats = self.body(x)
+        return self.fpn(OrderedDict((str(j), feats[i]) for j, i in enumerate(self.in_indices)))
+
+
+def build_detection_backbone(
+    name: str,
+    pyramid: Pyramid,
+    *,
+    fpn_channels: int = 256,
+    frozen_stages: int | None = None,
+    norm_eval: bool | None = None,
+    lda_rule: str | None = None,
+    weights: str | os.PathLike | Mapping | None = None,
+    **kwargs: Any,
+) -> DetectionBackbone:
+    """:func:`build_trunk` + :class:`DetectionBackbone`, with the official defaults per backbone.
+
+    Defaults: ``resnet50`` ``frozen_stages=1, norm_eval=True`` (mmdet's R-50 configs); CrossFormer and Swin
+    ``frozen_stages=-1`` (nothing frozen) and ``norm_eval=False`` (they have no BatchNorm).
+    """
+    if frozen_stages is None:
+        frozen_stages = 1 if name == "resnet50" else -1
+    if norm_eval is None:
+        norm_eval = name == "resnet50"
+    body = build_trunk(name, lda_rule=lda_rule, weights=weights, **kwargs)
+    return DetectionBackbone(body, pyramid, fpn_channels=fpn_channels, frozen_stages=frozen_stages, norm_eval=norm_eval)

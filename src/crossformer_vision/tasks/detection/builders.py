@@ -1,0 +1,158 @@
+"""Detectors by name: ``{retinanet,fasterrcnn,maskrcnn}_{backbone}``.
+
+``build_detector("maskrcnn_crossformer_s", num_classes=80)`` gives a torchvision ``MaskRCNN`` on a CrossFormer-S
+trunk + FPN with the settings of the official mmdetection configs:
+
+* images resized to shorter side 800, longer side at most 1333, padded to a multiple of 32, normalised with the
+  ImageNet mean / std (mmdet's ``img_norm_cfg``);
+* with ``mm_compat=True`` (default) mmdet's computation where torchvision's differs: :class:`MMAnchorGenerator`
+  anchors, :class:`MMMultiScaleRoIAlign` pooling (``aligned=True``, adaptive sampling), and RetinaNet's P6 / P7 from
+  C5 without a ReLU (always; see ``docs/detection_weights.md``);
+* mmdet's test settings: RetinaNet ``topk_candidates=1000, score_thresh=0.05, nms_thresh=0.5``; R-CNN RPN
+  ``1000`` pre / post NMS boxes at test time, ``2000`` / ``1000`` in training, NMS ``0.7``; R-CNN
+  ``box_score_thresh=0.05, box_nms_thresh=0.5``; 100 detections per image.
+
+Any torchvision detector argument can be overridden through ``**detector_kwargs``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from torch import nn
+
+from .backbones import BACKBONE_NAMES, DetectionBackbone, build_detection_backbone
+from .detectors import FasterRCNNDetector, MaskRCNNDetector, RetinaNetDetector
+from .mm_convert import MMAnchorGenerator, MMMultiScaleRoIAlign
+
+__all__ = ["DETECTOR_TYPES", "build_detector", "list_detectors", "parse_detector_name"]
+
+DETECTOR_TYPES: tuple[str, ...] = ("retinanet", "fasterrcnn", "maskrcnn")
+
+# mmdet's test_cfg / train_cfg values that have a torchvision argument (docs/detection_weights.md).
+_RETINANET_SETTINGS = dict(
+    topk_candidates=1000,
+    score_thresh=0.05,
+    nms_thresh=0.5,
+    detections_per_img=100,
+    fg_iou_thresh=0.5,
+    bg_iou_thresh=0.4,
+)
+_RCNN_SETTINGS = dict(
+    rpn_pre_nms_top_n_train=2000,
+    rpn_post_nms_top_n_train=1000,
+    rpn_pre_nms_top_n_test=1000,
+    rpn_post_nms_top_n_test=1000,
+    rpn_nms_thresh=0.7,
+    box_score_thresh=0.05,
+    box_nms_thresh=0.5,
+    box_detections_per_img=100,
+)
+
+
+def list_detectors() -> list[str]:
+    """Every name :func:`build_detector` accepts (3 detectors x 10 backbones)."""
+    return [f"{det}_{backbone}" for det in DETECTOR_TYPES for backbone in BACKBONE_NAMES]
+
+
+def parse_detector_name(name: str) -> tuple[str, str]:
+    """``"maskrcnn_crossformer_s"`` -> ``("maskrcnn", "crossformer_s")``.
+
+    Raises:
+        ValueError: unknown name; the message lists the known names (and the closest ones).
+    """
+    det, _, backbone = name.partition("_") if isinstance(name, str) else ("", "", "")
+    if det not in DETECTOR_TYPES or backbone not in BACKBONE_NAMES:
+        close = difflib.get_close_matches(str(name), list_detectors(), n=3, cutoff=0.6)
+        hint = f" Did you mean {', '.join(close)}?" if close else ""
+        raise ValueError(
+            f"unknown detector {name!r}.{hint} Names are <detector>_<backbone> with detector in {DETECTOR_TYPES} "
+            f"and backbone in {BACKBONE_NAMES}; known names: {', '.join(list_detectors())}"
+        )
+    return det, backbone
+
+
+def build_detector(
+    name: str,
+    *,
+    num_classes: int,
+    min_size: int | Sequence[int] = 800,
+    max_size: int = 1333,
+    mm_compat: bool = True,
+    fpn_channels: int = 256,
+    backbone_weights: str | os.PathLike | Mapping | None = None,
+    frozen_stages: int | None = None,
+    norm_eval: bool | None = None,
+    lda_rule: str | None = None,
+    backbone_kwargs: Mapping[str, Any] | None = None,
+    **detector_kwargs: Any,
+) -> nn.Module:
+    """Build a detector by name.
+
+    Args:
+        name: ``<detector>_<backbone>``; see :func:`list_detectors`.
+        num_classes: ``K`` foreground classes (80 for COCO). Labels are ``1..K`` in every detector.
+        min_size: shorter image side; a sequence picks one at random per training image (mmdet's multi-scale
+            ``multiscale_mode='value'``) and uses the last one at test time.
+        max_size: cap of the longer side.
+        mm_compat: mmdet's anchors and RoIAlign (needed to run official weights faithfully); ``False`` uses
+            torchvision's ``AnchorGenerator`` and ``MultiScaleRoIAlign``.
+        fpn_channels: FPN width.
+        backbone_weights: pretrained trunk weights (see :func:`build_trunk`): a path / checkpoint object of any
+            official CrossFormer layout, or for timm backbones a file or ``"timm"``.
+        frozen_stages: freeze the stem and the first ``k`` stages (default: 1 for ResNet-50, -1 otherwise).
+        norm_eval: BatchNorm in eval mode during training (default: True for ResNet-50).
+        lda_rule: CrossFormer LDA rule (default: that of the official weights: v1 ``"fixed_interval"``,
+            CrossFormer++ ``"fixed_group"``).
+        backbone_kwargs: trunk arguments, e.g. ``drop_path_rate``, ``group_size``, or a tiny architecture
+            (``embed_dim``, ``depths``, ``num_heads``) for tests.
+        **detector_kwargs: torchvision ``RetinaNet`` / ``FasterRCNN`` / ``MaskRCNN`` arguments (override the mmdet
+            settings above).
+
+    Returns:
+        A :class:`RetinaNetDetector`, :class:`FasterRCNNDetector` or :class:`MaskRCNNDetector`: in train mode
+        ``model(images, targets)`` returns a loss dict, in eval mode ``model(images)`` a list of detections.
+
+    Raises:
+        ValueError: unknown name (listing the known ones) or bad arguments.
+    """
+    det, backbone_name = parse_detector_name(name)
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError(f"num_classes must be a positive int (foreground classes, 80 for COCO), got {num_classes!r}")
+    sizes = (min_size,) if isinstance(min_size, int) else tuple(min_size)
+    if not sizes or any(not isinstance(s, int) or s < 32 for s in sizes):
+        raise ValueError(f"min_size must be an int >= 32 or a sequence of them, got {min_size!r}")
+    if not isinstance(max_size, int) or max_size < max(sizes):
+        raise ValueError(f"max_size must be an int >= min_size ({max(sizes)}), got {max_size!r}")
+
+    backbone: DetectionBackbone = build_detection_backbone(
+        backbone_name,
+        "retinanet" if det == "retinanet" else "rcnn",
+        fpn_channels=fpn_channels,
+        frozen_stages=frozen_stages,
+        norm_eval=norm_eval,
+        lda_rule=lda_rule,
+        weights=backbone_weights,
+        **dict(backbone_kwargs or {}),
+    )
+    common = dict(min_size=sizes, max_size=max_size)
+    if det == "retinanet":
+        kwargs = {**common, **_RETINANET_SETTINGS}
+        if mm_compat:
+            kwargs["anchor_generator"] = MMAnchorGenerator.retinanet(backbone.strides)
+        model: nn.Module = RetinaNetDetector(backbone, num_classes, **{**kwargs, **detector_kwargs})
+    else:
+        kwargs = {**common, **_RCNN_SETTINGS}
+        names, strides = backbone.featmap_names, backbone.strides[: len(backbone.featmap_names)]
+        if mm_compat:
+            kwargs["rpn_anchor_generator"] = MMAnchorGenerator.rpn(backbone.strides)
+            kwargs["box_roi_pool"] = MMMultiScaleRoIAlign(names, 7, strides)
+            if det == "maskrcnn":
+                kwargs["mask_roi_pool"] = MMMultiScaleRoIAlign(names, 14, strides)
+        cls = MaskRCNNDetector if det == "maskrcnn" else FasterRCNNDetector
+        model = cls(backbone, num_classes, **{**kwargs, **detector_kwargs})
+    model.detector_name = name
+    return model

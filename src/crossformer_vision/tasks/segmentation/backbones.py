@@ -1,0 +1,259 @@
+"""Dense backbones for segmentation: the CrossFormer family and timm models for the paper's comparisons.
+
+Every backbone maps an image ``[B, 3, H, W]`` to a list of NCHW feature maps and exposes ``out_channels`` and
+``out_strides``. CrossFormer variants are :class:`~crossformer_vision.models.CrossFormerBackbone` (official key
+layout, so ``backbone.*`` of an official mmseg checkpoint loads unchanged). timm models are wrapped by
+:class:`TimmBackbone`, which takes any input size (it pads to the patch size), converts NHWC features (Swin) to
+NCHW and can add mmseg-style per-output LayerNorms.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import timm
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ...models import CrossFormerBackbone, create_model, list_variants, load_official_state_dict
+
+__all__ = [
+    "DENSE_GROUP_SIZE",
+    "DENSE_INTERVAL",
+    "TIMM_ALIASES",
+    "TimmBackbone",
+    "build_backbone",
+    "build_crossformer_backbone",
+    "default_lda_rule",
+    "is_crossformer",
+    "resolve_timm_name",
+]
+
+#: Group size G and LDA interval I of every official CrossFormer / CrossFormer++ segmentation config.
+DENSE_GROUP_SIZE = (7, 7, 7, 7)
+DENSE_INTERVAL = (8, 4, 2, 1)
+
+#: Short names of the timm backbones of the paper's comparisons -> (timm name, default timm kwargs).
+#: Drop-path rates are those of mmseg's UPerNet configs (Swin 0.3, ViT-B / DeiT-S 0.1).
+TIMM_ALIASES: dict[str, tuple[str, dict[str, Any]]] = {
+    "swin_t": ("swin_tiny_patch4_window7_224", dict(drop_path_rate=0.3)),
+    "swin_s": ("swin_small_patch4_window7_224", dict(drop_path_rate=0.3)),
+    "swin_b": ("swin_base_patch4_window7_224", dict(drop_path_rate=0.3)),
+    "resnet101": ("resnet101", {}),
+    "vit_b16": ("vit_base_patch16_224", dict(drop_path_rate=0.1)),
+    "deit_s16": ("deit_small_patch16_224", dict(drop_path_rate=0.1)),
+}
+
+
+def is_crossformer(name: str) -> bool:
+    """Whether ``name`` is a registered CrossFormer / CrossFormer++ variant."""
+    return name in list_variants()
+
+
+def default_lda_rule(name: str) -> str:
+    """The LDA rule of the official dense code of a variant's family.
+
+    CrossFormer v1 segmentation / detection weights were trained with the v1 dense code (``"fixed_interval"``),
+    CrossFormer++ ones with the main-branch code (``"fixed_group"``).
+    """
+    return "fixed_group" if name.startswith("crossformerpp") else "fixed_interval"
+
+
+def resolve_timm_name(name: str) -> tuple[str, dict[str, Any]]:
+    """``(timm model name, default kwargs)`` of an alias (``swin_t``) or a timm model name.
+
+    Raises:
+        ValueError: ``name`` is neither an alias nor a timm model.
+    """
+    if name in TIMM_ALIASES:
+        timm_name, defaults = TIMM_ALIASES[name]
+        return timm_name, dict(defaults)
+    if timm.is_model(name):
+        return name, {}
+    raise ValueError(
+        f"unknown backbone {name!r}: expected a CrossFormer variant ({', '.join(list_variants())}), "
+        f"an alias ({', '.join(TIMM_ALIASES)}) or a timm model name"
+    )
+
+
+def build_crossformer_backbone(
+    name: str,
+    *,
+    group_size: Sequence[int] = DENSE_GROUP_SIZE,
+    crs_interval: Sequence[int] = DENSE_INTERVAL,
+    lda_rule: str | None = None,
+    weights: str | None = None,
+    trusted: bool = False,
+    **kwargs: Any,
+) -> CrossFormerBackbone:
+    """A CrossFormer dense backbone with the official segmentation settings.
+
+    Args:
+        name: Variant (``crossformer_s``, ``crossformerpp_b``, ...).
+        group_size: G per stage (official dense configs: 7, 7, 7, 7).
+        crs_interval: LDA interval I per stage (official dense configs: 8, 4, 2, 1).
+        lda_rule: ``"fixed_interval"`` / ``"fixed_group"``; default: the family's official rule
+            (:func:`default_lda_rule`).
+        weights: Path of an official or converted checkpoint (classification weights give the ImageNet
+            initialisation; ``norm`` / ``head`` are dropped).
+        trusted: Unpickle ``weights`` without the allow-list (only for files you trust).
+        **kwargs: Further :class:`~crossformer_vision.models.CrossFormer` arguments (``drop_path_rate``,
+            ``embed_dim`` ... for tiny test models).
+    """
+    backbone = create_model(
+        name,
+        dense=True,
+        group_size=tuple(group_size),
+        crs_interval=tuple(crs_interval),
+        lda_rule=lda_rule or default_lda_rule(name),
+        **kwargs,
+    )
+    if weights is not None:
+        from ...models.io import read_checkpoint
+
+        load_official_state_dict(backbone, read_checkpoint(weights, trusted=trusted))
+    return backbone
+
+
+class TimmBackbone(nn.Module):
+    """A timm ``features_only`` model as a dense backbone: any input size, NCHW outputs.
+
+    * The input is zero-padded at the bottom / right to a multiple of ``pad_multiple`` (the patch size of Swin /
+      ViT; their patch embeddings refuse other sizes). Output maps are those of the padded input.
+    * NHWC features (timm's Swin) are permuted to NCHW.
+    * ``out_norm`` adds one LayerNorm per output, over channels, as mmseg's Swin does (``out_norms.{i}``).
+
+    Args:
+        model_name: timm model name.
+        out_indices: Feature indices passed to timm (stages; blocks for plain ViTs).
+        pretrained: timm ``pretrained`` (needs the weights cached locally or a hub connection).
+        pad_multiple: Pad the input to a multiple of this; default: the first feature's stride for patch models
+            (Swin 4, ViT 16), else 1.
+        out_norm: Add mmseg-style per-output LayerNorms.
+        **kwargs: Further ``timm.create_model`` arguments (``drop_path_rate``, ``embed_dim`` ...).
+
+    Attributes:
+        out_channels: Channels of each output.
+        out_strides: Stride of each output relative to the input.
+    """
+
+    def __init__(
+        self,
+        model_name: str,
+        *,
+        out_indices: Sequence[int] | None = None,
+        pretrained: bool = False,
+        pad_multiple: int | None = None,
+        out_norm: bool = False,
+        **kwargs: Any,
+    ):
+        super().__init__()
+        if out_indices is not None:
+            kwargs["out_indices"] = tuple(out_indices)
+        self.body = timm.create_model(model_name, pretrained=pretrained, features_only=True, **kwargs)
+        info = self.body.feature_info
+        self.model_name = model_name
+        self.out_channels: list[int] = list(info.channels())
+        self.out_strides: list[int] = list(info.reduction())
+        self.channels_last = str(getattr(self.body, "output_fmt", "NCHW")) in ("NHWC", "Format.NHWC")
+        if pad_multiple is None:
+            pad_multiple = self.out_strides[0] if _is_patch_model(self.body) else 1
+        self.pad_multiple = int(pad_multiple)
+        self.out_norms = nn.ModuleList(nn.LayerNorm(c) for c in self.out_channels) if out_norm else None
+
+    @property
+    def is_plain(self) -> bool:
+        """All outputs share one stride (plain ViT): a multi-level neck must build the pyramid."""
+        return len(set(self.out_strides)) == 1
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        if hasattr(self.body, "set_grad_checkpointing"):
+            self.body.set_grad_checkpointing(enable)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """[B, 3, H, W] -> list of [B, C_i, ceil(H / s_i), ceil(W / s_i)] maps (sizes of the padded input)."""
+        h, w = x.shape[-2:]
+        m = self.pad_multiple
+        if m > 1 and (h % m or w % m):
+            x = F.pad(x, (0, -w % m, 0, -h % m))
+        feats = self.body(x)
+        outs = []
+        for i, feat in enumerate(feats):
+            if self.channels_last:
+                if self.out_norms is not None:
+                    feat = self.out_norms[i](feat)
+                feat = feat.permute(0, 3, 1, 2).contiguous()
+            elif self.out_norms is not None:
+                feat = self.out_norms[i](feat.permute(0, 2, 3, 1)).permute(0, 3, 1, 2).contiguous()
+            outs.append(feat)
+        return outs
+
+
+def _is_patch_model(model: nn.Module) -> bool:
+    return any(name.endswith("patch_embed") for name, _ in model.named_modules())
+
+
+def _plain_vit_indices(model_name: str, kwargs: dict[str, Any]) -> tuple[int, ...] | None:
+    """Blocks at the end of each quarter of a plain ViT (mmseg's (2, 5, 8, 11) for depth 12), else None."""
+    if not model_name.startswith(("vit_", "deit_")) or "out_indices" in kwargs:
+        return None
+    depth = kwargs.get("depth", 12)
+    if depth < 4:
+        raise ValueError(f"a plain ViT backbone needs depth >= 4 for four feature levels, got depth={depth}")
+    return tuple(math.ceil(depth * q / 4) - 1 for q in (1, 2, 3, 4))
+
+
+def build_backbone(
+    name: str,
+    *,
+    pretrained: bool = False,
+    weights: str | None = None,
+    norm: str | None = "bn",
+    **kwargs: Any,
+) -> nn.Module:
+    """A dense backbone by name: a CrossFormer variant, an alias of :data:`TIMM_ALIASES` or a timm model name.
+
+    Args:
+        name: ``crossformer_s``, ``crossformerpp_b``, ``swin_t``, ``resnet101``, ``vit_b16``,
+            ``swin_tiny_patch4_window7_224`` ...
+        pretrained: timm backbones: load timm's pretrained weights (they must be cached locally: this machine
+            has no hub access).
+        weights: CrossFormer backbones: official / converted checkpoint file to initialise from.
+        norm: ``"syncbn"`` converts BatchNorm layers of convolutional timm backbones (ResNet) to SyncBatchNorm,
+            as mmseg's configs do.
+        **kwargs: Backbone arguments: CrossFormer (``lda_rule``, ``group_size``, ``crs_interval``,
+            ``drop_path_rate``, ...) or timm (``drop_path_rate``, ``out_indices``, ``out_norm``, ...).
+    """
+    if is_crossformer(name):
+        if pretrained:
+            raise ValueError(
+                f"{name}: CrossFormer weights are not downloaded; pass weights=<official checkpoint path> instead"
+            )
+        return build_crossformer_backbone(name, weights=weights, **kwargs)
+    if weights is not None:
+        raise ValueError(f"{name}: weights= is for CrossFormer backbones; use pretrained= / timm's pretrained_cfg")
+    timm_name, defaults = resolve_timm_name(name)
+    kwargs = {**defaults, **kwargs}
+    kwargs.setdefault("out_norm", timm_name.startswith("swin"))
+    if timm_name.startswith(("swin", "vit_", "deit_")):
+        # Build attention masks / position embeddings for each input size instead of the 224 construction size.
+        kwargs.setdefault("dynamic_img_size", True)
+    indices = _plain_vit_indices(timm_name, kwargs)
+    if indices is not None:
+        kwargs["out_indices"] = indices
+    if timm_name.startswith("resnet") and "out_indices" not in kwargs:
+        kwargs["out_indices"] = (1, 2, 3, 4)  # strides 4..32; index 0 is the stride-2 stem
+    backbone = TimmBackbone(timm_name, pretrained=pretrained, **kwargs)
+    if norm is not None and str(norm).lower() == "syncbn":
+        backbone = nn.SyncBatchNorm.convert_sync_batchnorm(backbone)
+    if len(backbone.out_channels) != 4:
+        warnings.warn(
+            f"{name}: backbone gives {len(backbone.out_channels)} feature levels (strides {backbone.out_strides}); "
+            "UPerNet / Semantic FPN are configured for 4",
+            stacklevel=2,
+        )
+    return backbone
