@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 import pytest
-import torch
+
 from train_utils import TINY_RUN, run_cli, weights
 
 RUN = [

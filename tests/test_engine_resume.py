@@ -8,9 +8,9 @@ import time
 
 import pytest
 import torch
-from train_utils import TINY_RUN, run_cli, weights
 
 from crossformer_vision.engine import read_metrics
+from train_utils import TINY_RUN, run_cli, weights
 
 RUN = [
     *TINY_RUN,

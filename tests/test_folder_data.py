@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from train_utils import TINY_RUN, run_cli
 
 from crossformer_vision.data.folder import ImageFolderDataset, collate_skipping, load_rgb
+from train_utils import TINY_RUN, run_cli
 
 
 def _make(root, split, classes, n=4, size=40):
