@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
+from importlib import resources
 
+import timm
+import torch
+from PIL import Image
 from rich.console import Console
 from rich.table import Table
 
-from ..models import list_variants
+from ..models import create_model, list_variants
 from ..models.flops import model_facts
 
 NOTE_PP_S = (
@@ -21,6 +26,8 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--img-size", type=int, nargs="+", default=[224], metavar="N", help="H [W] (default 224)")
     p.add_argument("--variants", nargs="+", default=None, help="subset of variants (default: all)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--forward", action="store_true", help="also run each variant once on the bundled image (random weights)")
+    p.add_argument("--image", default=None, help="image for --forward (default: the bundled chelsea.jpg)")
 
 
 def facts_table(rows: list[dict], img_size: tuple[int, int]) -> Table:
@@ -63,4 +70,41 @@ def run(args: argparse.Namespace) -> int:
     )
     if size == (224, 224):
         console.print(NOTE_PP_S)
+    if args.forward:
+        forward_table(console, args.variants or list_variants(), args.image)
     return 0
+
+
+def bundled_image() -> Image.Image:
+    with resources.files("crossformer_vision.assets").joinpath("chelsea.jpg").open("rb") as f:
+        return Image.open(f).convert("RGB")
+
+
+def forward_table(console: Console, variants: list[str], image_path: str | None) -> None:
+    """One forward pass per variant on an image with its pretrained-config preprocessing (random weights)."""
+    image = Image.open(image_path).convert("RGB") if image_path else bundled_image()
+    table = Table(title=f"one forward pass per variant on a {image.width}x{image.height} image (random weights)")
+    for col in ("variant", "input", "features [B,H,W,C]", "stage maps C@HxW", "logits", "ms"):
+        table.add_column(col)
+    for name in variants:
+        torch.manual_seed(0)
+        model = create_model(name).eval()
+        cfg = timm.data.resolve_model_data_config(model)
+        x = timm.data.create_transform(**cfg)(image).unsqueeze(0)
+        with torch.inference_mode():
+            start = time.perf_counter()
+            feats = model.forward_features(x)
+            logits = model.forward_head(feats)
+            ms = (time.perf_counter() - start) * 1e3
+            maps = model.forward_intermediates(x, intermediates_only=True)
+        if not torch.isfinite(logits).all():
+            raise RuntimeError(f"{name} produced non-finite logits")
+        table.add_row(
+            name,
+            "x".join(map(str, x.shape[-2:])),
+            str(tuple(feats.shape)),
+            " ".join(f"{m.shape[1]}@{m.shape[2]}x{m.shape[3]}" for m in maps),
+            str(tuple(logits.shape)),
+            f"{ms:.0f}",
+        )
+    console.print(table)

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 
+from ..configs import resolve_config
 from ..engine import load_config
 from ..tasks.classification.config import DEFAULTS
 
 
 def add_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", default=None, help="YAML file (e.g. configs/classification/imagenet_crossformer_s.yaml)")
+    p.add_argument("--config", default=None, help="YAML file or bundled preset name (e.g. imagenet_crossformer_s)")
     p.add_argument("--resume", default=None, help="checkpoint directory, or a run directory (its latest checkpoint)")
     p.add_argument(
         "--force-resume", action="store_true", help="resume even if the config differs from the checkpoint's"
@@ -22,7 +23,7 @@ def add_args(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..tasks.classification.train import train
 
-    cfg = load_config(DEFAULTS, args.config, args.overrides)
+    cfg = load_config(DEFAULTS, resolve_config(args.config), args.overrides)
     result = train(cfg, resume=args.resume, force_resume=args.force_resume)
     m = result["metrics"]
     if m:

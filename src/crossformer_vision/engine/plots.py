@@ -31,8 +31,9 @@ def plot_curves(run_dir: str | os.PathLike, path: str | os.PathLike, val_keys: S
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     if train:
         steps = [r["step"] for r in train]
-        axes[0].plot(steps, [r["loss"] for r in train], color="tab:blue")
-        axes[1].plot(steps, [r["lr"] for r in train], color="tab:orange")
+        marker = "o" if len(steps) < 30 else None
+        axes[0].plot(steps, [r["loss"] for r in train], color="tab:blue", marker=marker)
+        axes[1].plot(steps, [r["lr"] for r in train], color="tab:orange", marker=marker)
     axes[0].set(title="training loss", xlabel="step")
     axes[1].set(title="learning rate", xlabel="step")
     for key in val_keys:
