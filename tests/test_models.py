@@ -190,3 +190,24 @@ def test_dense_backbone_api():
     assert not any(k.startswith(("norm.", "head.")) for k in bb.state_dict())
     maps = bb(torch.randn(1, 3, 64, 64))
     assert [m.shape[1] for m in maps] == [64, 128, 256]
+
+
+def test_inference_cache_follows_weight_changes():
+    """The eval-time position-bias cache never serves stale values and never breaks autograd."""
+    model = tiny("crossformerpp_s").eval()
+    x = torch.randn(1, 3, 96, 64)
+    with torch.inference_mode():
+        first = model(x)
+    out = model(x)  # autograd after an inference-mode call that filled the caches
+    out.sum().backward()
+    with torch.no_grad():
+        assert torch.equal(model(x), first)
+        model.layers[0].blocks[0].attn.pos.pos3[2].bias.add_(0.5)  # in place, like an optimizer step
+        changed = model(x)
+    with torch.enable_grad():
+        reference = model(x).detach()  # grad enabled: the cache is bypassed
+    assert not torch.equal(changed, first)
+    torch.testing.assert_close(changed, reference, rtol=0, atol=1e-6)
+    model.load_state_dict(tiny("crossformerpp_s").state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), model.train().eval()(x))

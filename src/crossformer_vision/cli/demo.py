@@ -62,23 +62,41 @@ def run(args: argparse.Namespace) -> int:
         if (out / sub / "checkpoints").exists():
             raise ValueError(f"{out / sub} already holds a run; remove it or pass --output-dir")
         params, mflops = _count(cfg["model"]["name"], cfg["model"]["kwargs"], cfg["data"]["img_size"])
-        n_train = cfg["data"]["train_limit"] or "all"
-        console.rule(f"[bold]{label}[/]: {cfg['model']['name']} ({params:.2f} M params, {mflops:.1f} MFLOPs/image), "
-                     f"{cfg['sched']['epochs']} epochs on {n_train} embedded Fashion-MNIST images at {cfg['data']['img_size']} px")
+        n_train, size = cfg["data"]["train_limit"] or "all", cfg["data"]["img_size"]
+        console.rule(
+            f"[bold]{label}[/]: {cfg['model']['name']} ({params:.2f} M params, {mflops:.1f} MFLOPs/image), "
+            f"{cfg['sched']['epochs']} epochs on {n_train} embedded Fashion-MNIST images at {size} px"
+        )
         result = train(cfg)
         speeds = [r["img_per_s"] for r in read_metrics(out / sub) if r.get("split") == "train"]
         speeds = speeds[1:] if len(speeds) > 2 else speeds  # the first window includes warm-up
-        rows.append({
-            "model": label, "name": cfg["model"]["name"], "params_M": round(params, 2), "mflops": round(mflops, 1),
-            "train_s": round(result["train_seconds"], 1), "img_per_s": round(sorted(speeds)[len(speeds) // 2], 0) if speeds else None,
-            **{k: result["metrics"][k] for k in ("top1", "top5", "loss")}, "run": str(out / sub),
-        })
+        rows.append(
+            {
+                "model": label,
+                "name": cfg["model"]["name"],
+                "params_M": round(params, 2),
+                "mflops": round(mflops, 1),
+                "train_s": round(result["train_seconds"], 1),
+                "img_per_s": round(sorted(speeds)[len(speeds) // 2], 0) if speeds else None,
+                **{k: result["metrics"][k] for k in ("top1", "top5", "loss")},
+                "run": str(out / sub),
+            }
+        )
     table = Table(title="Fashion-MNIST test set (10,000 images): trained on CPU with the same recipe")
     for col in ("model", "params", "MFLOPs/img", "train time", "train img/s", "top-1 %", "top-5 %", "test loss", "run"):
         table.add_column(col, justify="left" if col in ("model", "run") else "right")
     for r in rows:
-        table.add_row(r["model"], f"{r['params_M']} M", f"{r['mflops']}", f"{r['train_s'] / 60:.1f} min", f"{r['img_per_s']:.0f}",
-                      f"{r['top1']:.2f}", f"{r['top5']:.2f}", f"{r['loss']:.4f}", r["run"])
+        table.add_row(
+            r["model"],
+            f"{r['params_M']} M",
+            f"{r['mflops']}",
+            f"{r['train_s'] / 60:.1f} min",
+            f"{r['img_per_s']:.0f}",
+            f"{r['top1']:.2f}",
+            f"{r['top5']:.2f}",
+            f"{r['loss']:.4f}",
+            r["run"],
+        )
     console.print(table)
     (out / "results.json").write_text(json.dumps(rows, indent=1))
     _comparison_png(out, rows)
@@ -94,7 +112,9 @@ def _comparison_png(out: Path, rows: list[dict]) -> None:
         train = [x for x in recs if x.get("split") == "train"]
         val = [x for x in recs if x.get("split") == "val"]
         axes[0].plot([x["step"] for x in train], [x["loss"] for x in train], label=r["model"])
-        axes[1].plot([x["epoch"] for x in val], [x["top1"] for x in val], marker="o", label=f"{r['model']} ({r['top1']:.2f}%)")
+        axes[1].plot(
+            [x["epoch"] for x in val], [x["top1"] for x in val], marker="o", label=f"{r['model']} ({r['top1']:.2f}%)"
+        )
     axes[0].set(title="training loss", xlabel="step")
     axes[1].set(title="test top-1 accuracy (%)", xlabel="epoch")
     for ax in axes:

@@ -26,7 +26,9 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--img-size", type=int, nargs="+", default=[224], metavar="N", help="H [W] (default 224)")
     p.add_argument("--variants", nargs="+", default=None, help="subset of variants (default: all)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    p.add_argument("--forward", action="store_true", help="also run each variant once on the bundled image (random weights)")
+    p.add_argument(
+        "--forward", action="store_true", help="also run each variant once on the bundled image (random weights)"
+    )
     p.add_argument("--image", default=None, help="image for --forward (default: the bundled chelsea.jpg)")
 
 

@@ -4,7 +4,7 @@ from .checkpoint import CheckpointManager, CheckpointWriteError, load_training_c
 from .config import apply_overrides, config_diff, load_config, merge_config, save_config
 from .distributed import DistInfo, all_gather_objects, all_reduce_sum, barrier, cleanup, init_distributed, is_main
 from .metrics_logger import MetricsLogger, read_metrics
-from .rng import get_rng_state, seed_everything, set_deterministic, set_rng_state
+from .rng import get_rng_state, seed_everything, seed_step, set_deterministic, set_rng_state
 from .sampling import EvalShardSampler, ResumableSampler, SeededDataset
 from .trainer import LoopConfig, Trainer, TrainingDivergedError, autocast_context
 
@@ -35,6 +35,7 @@ __all__ = [
     "read_metrics",
     "save_config",
     "seed_everything",
+    "seed_step",
     "set_deterministic",
     "set_rng_state",
 ]

@@ -9,13 +9,25 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["get_rng_state", "seed_everything", "set_deterministic", "set_rng_state"]
+__all__ = ["get_rng_state", "seed_everything", "seed_step", "set_deterministic", "set_rng_state"]
 
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def seed_step(seed: int, step: int, micro: int = 0, rank: int = 0) -> None:
+    """Seed every RNG for one micro-step of training (drop path, dropout, mixup draw from them).
+
+    Counter-based: the streams depend only on ``(seed, step, micro, rank)``, so a resumed run draws exactly what
+    an uninterrupted one does, and data loading (in the main process or in workers) cannot shift them.
+    """
+    s = (seed * 1_000_003 + step * 10_007 + micro * 101 + rank * 7_919 + 12_345) % (2**31 - 1)
+    random.seed(s)
+    np.random.seed(s)
+    torch.manual_seed(s)
 
 
 def set_deterministic(enabled: bool = True) -> None:

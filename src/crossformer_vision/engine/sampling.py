@@ -114,8 +114,9 @@ class EvalShardSampler(Sampler):
 class SeededDataset(Dataset):
     """Runs the wrapped dataset's ``__getitem__`` with python / numpy / torch RNGs seeded per sample.
 
-    Indexed by the ``(index, seed)`` pairs of :class:`ResumableSampler`; the caller's RNG states are restored
-    afterwards, so loading in the main process does not disturb the training RNG (drop path, mixup).
+    Indexed by the ``(index, seed)`` pairs of :class:`ResumableSampler`. The global RNGs are not restored
+    afterwards (saving numpy's state costs more than most transforms): the training loop re-seeds them before
+    every step (:func:`crossformer_vision.engine.rng.seed_step`), so what loading leaves behind never matters.
     """
 
     def __init__(self, dataset: Dataset):
@@ -126,13 +127,7 @@ class SeededDataset(Dataset):
 
     def __getitem__(self, item: tuple[int, int]) -> Any:
         index, seed = item
-        states = random.getstate(), np.random.get_state(), torch.default_generator.get_state()
-        try:
-            random.seed(seed)
-            np.random.seed(seed)
-            torch.default_generator.manual_seed(seed)  # the CPU generator only (transforms run on CPU)
-            return self.dataset[index]
-        finally:
-            random.setstate(states[0])
-            np.random.set_state(states[1])
-            torch.default_generator.set_state(states[2])
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.default_generator.manual_seed(seed)  # the CPU generator only (transforms run on CPU)
+        return self.dataset[index]

@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, Dataset
 from .checkpoint import CheckpointManager, load_training_checkpoint
 from .distributed import DistInfo, all_reduce_sum
 from .metrics_logger import MetricsLogger
-from .rng import get_rng_state, set_rng_state
+from .rng import get_rng_state, seed_step, set_rng_state
 from .sampling import ResumableSampler, SeededDataset
 
 __all__ = ["LoopConfig", "Trainer", "TrainingDivergedError", "autocast_context"]
@@ -75,7 +75,8 @@ class Trainer:
     Args:
         model: The model (wrapped in DDP here when the run is distributed).
         optimizer: Its optimizer.
-        scheduler_fn: ``(optimizer, steps_per_epoch) -> scheduler`` with timm's ``step_update(num_updates)``.
+        scheduler_fn: ``(optimizer, steps_per_epoch) -> scheduler``: a timm scheduler (``step_update(num_updates)``)
+            or a ``torch.optim.lr_scheduler`` stepped after every optimizer update.
         train_dataset: Map-style dataset; samples are drawn by :class:`ResumableSampler`.
         collate_fn: Batch collation.
         global_batch: Images per optimizer micro-step over all processes (per-process batch x world size).
@@ -124,6 +125,7 @@ class Trainer:
         self.primary_metric = primary_metric
         self.on_epoch_end = on_epoch_end
         self.run_dir = Path(run_dir)
+        self.seed = seed
         self.sampler = ResumableSampler(
             len(train_dataset), global_batch, dist.rank, dist.world_size, shuffle=True, seed=seed
         )
@@ -230,7 +232,10 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.global_step += 1
         self.step_in_epoch += 1
-        self.scheduler.step_update(num_updates=self.global_step)
+        if hasattr(self.scheduler, "step_update"):  # timm schedulers
+            self.scheduler.step_update(num_updates=self.global_step)
+        else:  # torch.optim.lr_scheduler, stepped once per optimizer update
+            self.scheduler.step()
         if self.ema is not None:
             self.ema.update(self.model, step=self.global_step)
 
@@ -274,6 +279,7 @@ class Trainer:
                 for batch in batches:
                     last_micro = micro % loop.accum_steps == loop.accum_steps - 1
                     sync = contextlib.nullcontext() if last_micro or not self.dist.distributed else self.ddp.no_sync()
+                    seed_step(self.seed, self.global_step, micro % loop.accum_steps, self.dist.rank)
                     with sync:
                         with autocast_context(self.dist.device, loop.amp):
                             loss, n = self.step_fn(self.ddp, batch)

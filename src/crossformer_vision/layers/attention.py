@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from timm.layers import use_fused_attn
@@ -10,10 +12,26 @@ from torch import nn
 from .grouping import GroupLayout
 from .position_bias import DynamicPositionBias
 
-__all__ = ["MASK_VALUE", "GroupAttention"]
+__all__ = ["MASK_VALUE", "GroupAttention", "padding_mask"]
 
 # The official code adds -1e6 (not -inf) to the scores of padded keys; we keep the value so outputs match.
 MASK_VALUE = -1e6
+_CACHE_ENTRIES = 4  # group layouts remembered per block for inference (e.g. SDA and LDA at a couple of sizes)
+
+
+@functools.lru_cache(maxsize=64)
+@torch.inference_mode(False)  # cached: must stay usable by autograd, whatever mode first built it
+def _padding_mask(layout: GroupLayout, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    valid = layout.key_valid(device)
+    return torch.zeros(valid.shape, dtype=dtype, device=device).masked_fill_(~valid, MASK_VALUE)
+
+
+def padding_mask(layout: GroupLayout, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """Additive mask of padded keys: [num_groups, N] with 0 for real tokens and -1e6 for padding (cached)."""
+    if torch.compiler.is_compiling():
+        valid = layout.key_valid(device)
+        return torch.zeros(valid.shape, dtype=dtype, device=device).masked_fill_(~valid, MASK_VALUE)
+    return _padding_mask(layout, dtype, torch.device(device))
 
 
 class GroupAttention(nn.Module):
@@ -58,15 +76,34 @@ class GroupAttention(nn.Module):
         self.attn_drop = nn.Dropout(attn_drop)
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
+        self._mask_cache: dict = {}
 
     def attention_mask(self, layout: GroupLayout, dtype: torch.dtype) -> torch.Tensor:
-        """Position bias plus padding mask: [heads, N, N], or [num_groups, heads, N, N] with padding."""
+        """Position bias plus padding mask: [heads, N, N], or [num_groups, heads, N, N] with padding.
+
+        Without autograd (inference) the result is cached per group layout and dtype; the key includes the
+        position-bias weights' storage and version counters, so any change to them (an optimizer step,
+        ``load_state_dict``, ``.to()``) recomputes it.
+        """
+        if torch.is_grad_enabled() or torch.compiler.is_compiling() or torch.jit.is_scripting():
+            return self._build_mask(layout, dtype)
+        key = (layout, dtype, *((p.data_ptr(), p._version, p.dtype, p.device) for p in self.pos.parameters()))
+        mask = self._mask_cache.get(key)
+        if mask is None:
+            if len(self._mask_cache) >= _CACHE_ENTRIES:
+                self._mask_cache.pop(next(iter(self._mask_cache)))
+            mask = self._mask_cache[key] = self._build_mask(layout, dtype)
+        return mask
+
+    def _build_mask(self, layout: GroupLayout, dtype: torch.dtype) -> torch.Tensor:
         bias = self.pos(*layout.group).to(dtype)
         if not layout.needs_padding:
             return bias
-        valid = layout.key_valid(bias.device)
-        pad = torch.zeros(valid.shape, dtype=dtype, device=bias.device).masked_fill_(~valid, MASK_VALUE)
-        return bias.unsqueeze(0) + pad[:, None, None, :]
+        return bias.unsqueeze(0) + padding_mask(layout, dtype, bias.device)[:, None, None, :]
+
+    def train(self, mode: bool = True) -> GroupAttention:
+        self._mask_cache.clear()  # training changes the weights: free what inference cached
+        return super().train(mode)
 
     def forward(self, x: torch.Tensor, layout: GroupLayout) -> torch.Tensor:
         """[B, H, W, C] normalised tokens -> [B, H, W, C]."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 __all__ = ["CrossScaleEmbedding", "CrossScalePatchMerging", "cross_scale_convs", "split_channels"]
@@ -40,9 +41,53 @@ def cross_scale_convs(in_chans: int, out_chans: int, kernel_sizes: Sequence[int]
     )
 
 
-def _concat(convs: nn.ModuleList, x: torch.Tensor) -> torch.Tensor:
-    """[B, C_in, H, W] -> [B, H', W', C_out]: the convolutions' outputs concatenated along channels."""
-    return torch.cat([conv(x) for conv in convs], dim=1).permute(0, 2, 3, 1)
+def _unshuffled_conv(
+    x: torch.Tensor, conv: nn.Conv2d, blocks: torch.Tensor, shift: int, out_hw: tuple[int, int]
+) -> torch.Tensor:
+    s = conv.stride[0]
+    k = conv.kernel_size[0]
+    kb, left = k // s, (conv.padding[0] - shift) // s
+    w = conv.weight
+    # [O, C, kb*s, kb*s] -> [O, C*s*s, kb, kb] in pixel_unshuffle's channel order (c, dy, dx)
+    w = w.reshape(w.shape[0], w.shape[1], kb, s, kb, s).permute(0, 1, 3, 5, 2, 4).reshape(w.shape[0], -1, kb, kb)
+    y = F.conv2d(F.pad(blocks, (left, 0, left, 0)), w, conv.bias)
+    return y[:, :, : out_hw[0], : out_hw[1]]
+
+
+def _concat(convs: nn.ModuleList, x: torch.Tensor, unshuffle: bool = False) -> torch.Tensor:
+    """[B, C_in, H, W] -> [B, H', W', C_out]: the convolutions' outputs concatenated along channels.
+
+    ``unshuffle`` computes the same convolutions as stride-1 convolutions on ``pixel_unshuffle``-d blocks
+    (a kernel k at stride s becomes a kernel k/s over s*s times the channels). The sums are the same, only
+    their order differs; oneDNN's weight gradients of large strided kernels are several times faster this way.
+    """
+    if not unshuffle:
+        return torch.cat([conv(x) for conv in convs], dim=1).permute(0, 2, 3, 1)
+    s = convs[0].stride[0]
+    h, w = x.shape[-2] // s, x.shape[-1] // s
+    blocks: dict[int, torch.Tensor] = {}
+    outs = []
+    for conv in convs:
+        shift = conv.padding[0] % s
+        if shift not in blocks:
+            kb_max = max(
+                c.kernel_size[0] // s - (c.padding[0] - shift) // s for c in convs if c.padding[0] % s == shift
+            )
+            # pad (or crop) so that the blocks start at the windows' first pixel and cover the last window
+            hp, wp = s * (h + kb_max - 1), s * (w + kb_max - 1)
+            padded = F.pad(x, (shift, wp - x.shape[-1] - shift, shift, hp - x.shape[-2] - shift))
+            blocks[shift] = F.pixel_unshuffle(padded, s)
+        outs.append(_unshuffled_conv(x, conv, blocks[shift], shift, (h, w)))
+    return torch.cat(outs, dim=1).permute(0, 2, 3, 1)
+
+
+def _use_unshuffle(convs: nn.ModuleList, mode: str) -> bool:
+    if mode == "direct":
+        return False
+    if mode == "unshuffle":
+        return True
+    # "auto": the unshuffled form when weight gradients are computed (training), where it is much faster
+    return torch.is_grad_enabled() and convs[0].weight.requires_grad and not torch.jit.is_scripting()
 
 
 class CrossScaleEmbedding(nn.Module):
@@ -64,11 +109,12 @@ class CrossScaleEmbedding(nn.Module):
     ):
         super().__init__()
         self.projs = cross_scale_convs(in_chans, embed_dim, kernel_sizes, stride=kernel_sizes[0])
+        self.conv_impl = "auto"
         self.norm = norm_layer(embed_dim) if norm_layer is not None else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """[B, C, H, W] image -> [B, H/4, W/4, D] tokens."""
-        return self.norm(_concat(self.projs, x))
+        return self.norm(_concat(self.projs, x, _use_unshuffle(self.projs, self.conv_impl)))
 
 
 class CrossScalePatchMerging(nn.Module):
@@ -90,8 +136,11 @@ class CrossScalePatchMerging(nn.Module):
     ):
         super().__init__()
         self.reductions = cross_scale_convs(dim, out_dim or 2 * dim, kernel_sizes, stride=kernel_sizes[0])
+        self.conv_impl = "auto"
         self.norm = norm_layer(dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """[B, H, W, C] -> [B, H/2, W/2, 2C] (floor division for odd sizes)."""
-        return _concat(self.reductions, self.norm(x).permute(0, 3, 1, 2))
+        return _concat(
+            self.reductions, self.norm(x).permute(0, 3, 1, 2), _use_unshuffle(self.reductions, self.conv_impl)
+        )

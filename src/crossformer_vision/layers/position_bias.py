@@ -10,12 +10,14 @@ from torch import nn
 __all__ = ["DynamicPositionBias", "relative_offsets", "relative_position_index"]
 
 
+@torch.inference_mode(False)  # cached tensors must stay usable by autograd, whatever mode first built them
 def _offsets_cpu(group_h: int, group_w: int) -> torch.Tensor:
     dy = torch.arange(1 - group_h, group_h)
     dx = torch.arange(1 - group_w, group_w)
     return torch.stack(torch.meshgrid(dy, dx, indexing="ij"), dim=-1).reshape(-1, 2)
 
 
+@torch.inference_mode(False)
 def _index_cpu(group_h: int, group_w: int) -> torch.Tensor:
     coords = torch.stack(torch.meshgrid(torch.arange(group_h), torch.arange(group_w), indexing="ij")).flatten(1)
     rel = coords[:, :, None] - coords[:, None, :]  # [2, N, N]: offset of token i minus token j

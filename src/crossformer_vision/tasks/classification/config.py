@@ -65,6 +65,7 @@ DEFAULTS: dict[str, Any] = {
         "betas": [0.9, 0.999],
         "eps": 1.0e-8,
         "clip_grad": 5.0,
+        "fused": True,  # torch's fused AdamW / Adam kernels (several times faster steps, also on CPU)
     },
     "sched": {
         "name": "cosine",

@@ -126,8 +126,9 @@ def train(cfg: dict[str, Any], resume: str | Path | None = None, force_resume: b
 
     lr = resolved_lr(cfg["optim"]["lr"], cfg, dist.world_size)
     o = cfg["optim"]
+    fused = {"fused": True} if o["fused"] and o["name"].lower() in ("adam", "adamw") else {}
     optimizer = create_optimizer_v2(
-        model, opt=o["name"], lr=lr, weight_decay=o["weight_decay"], betas=tuple(o["betas"]), eps=o["eps"]
+        model, opt=o["name"], lr=lr, weight_decay=o["weight_decay"], betas=tuple(o["betas"]), eps=o["eps"], **fused
     )
     s = cfg["sched"]
 
