@@ -252,20 +252,21 @@ class CocoDetection(Dataset):
 
     def load_image(self, image_id: int) -> Tensor:
         """The image file as uint8 ``[3, H, W]`` RGB; errors name the image."""
-        from torchvision.io import ImageReadMode, decode_image
+        from PIL import Image, UnidentifiedImageError
 
         info = self.images[image_id]
         path = self.image_dir / info["file_name"]
         try:
-            image = decode_image(str(path), mode=ImageReadMode.RGB)
-        except (RuntimeError, OSError, ValueError) as exc:
+            with Image.open(path) as file:
+                array = np.asarray(file.convert("RGB"))
+        except (OSError, UnidentifiedImageError, ValueError) as exc:
             raise ValueError(f"image id {image_id} ({path}): cannot read the image: {exc}") from exc
-        if tuple(image.shape[-2:]) != (info["height"], info["width"]):
+        if array.shape[:2] != (info["height"], info["width"]):
             raise ValueError(
-                f"image id {image_id} ({path}): file is {image.shape[-1]}x{image.shape[-2]} (WxH) but the json says "
+                f"image id {image_id} ({path}): file is {array.shape[1]}x{array.shape[0]} (WxH) but the json says "
                 f"{info['width']}x{info['height']}; the annotations would not fit the pixels"
             )
-        return image
+        return torch.from_numpy(array.copy()).permute(2, 0, 1)
 
     def __getitem__(self, index: int) -> tuple[Tensor, dict[str, Any]]:
         from torchvision import tv_tensors
@@ -283,7 +284,9 @@ class CocoDetection(Dataset):
         if self.masks:
             if anns:
                 rles = [_segmentation_to_rle(a[2], height, width) for a in anns]
-                masks = np.ascontiguousarray(_pycocotools_mask().decode(rles).transpose(2, 0, 1))
+                with warnings.catch_warnings():  # pycocotools' decode predates numpy 2's __array__(copy=) protocol
+                    warnings.simplefilter("ignore", DeprecationWarning)
+                    masks = np.ascontiguousarray(_pycocotools_mask().decode(rles).transpose(2, 0, 1))
             else:
                 masks = np.zeros((0, height, width), dtype=np.uint8)
             target["masks"] = tv_tensors.Mask(torch.from_numpy(masks))

@@ -84,7 +84,8 @@ class TimmTrunk(nn.Module):
     * Swin's features are NHWC in timm; they are permuted to NCHW. The model is created with
       ``strict_img_size=False`` so that any input size works (window attention masks are built per input), and the
       input is zero-padded at the bottom / right to a multiple of the patch size 4, as mmdet's Swin does (patch
-      merging pads odd maps), so the maps are ``ceil(H / s) x ceil(W / s)`` like CrossFormer's.
+      merging pads odd maps), so the maps are ``ceil(H / s) x ceil(W / s)``. (timm's ``PatchEmbed`` has a
+      ``dynamic_img_pad`` option, but ``SwinTransformer`` does not pass it on, hence the padding here.)
     * ``out_norm=True`` adds a LayerNorm per output, like mmdet's ``SwinTransformer`` (``norm0..3``; new weights).
 
     Args:
@@ -226,8 +227,9 @@ class DetectionBackbone(nn.Module):
         norm_eval: keep the trunk's BatchNorm layers in eval mode during training.
 
     Shapes:
-        ``[B, 3, H, W]`` -> ``OrderedDict`` of ``[B, fpn_channels, H / s, W / s]`` (rounded up),
-        ``s`` = 8, 16, 32, 64, 128 (``retinanet``) or 4, 8, 16, 32, 64 (``rcnn``).
+        ``[B, 3, H, W]`` -> ``OrderedDict`` of ``[B, fpn_channels, H / s, W / s]`` (P6 / P7 rounded up) for ``H``, ``W``
+        multiples of 32 (torchvision's detectors pad to 32), ``s`` = 8, 16, 32, 64, 128 (``retinanet``: keys ``0``,
+        ``1``, ``2``, ``p6``, ``p7``) or 4, 8, 16, 32, 64 (``rcnn``: keys ``0``-``3``, ``pool``).
     """
 
     def __init__(

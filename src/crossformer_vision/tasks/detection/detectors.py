@@ -104,7 +104,8 @@ class FasterRCNNDetector(FasterRCNN):
 
     def __init__(self, backbone: torch.nn.Module, num_classes: int, **kwargs: Any):
         # torchvision refuses num_classes next to a given predictor: always give one (its default, 1024 features)
-        kwargs["box_predictor"] = kwargs.get("box_predictor") or FastRCNNPredictor(1024, num_classes + 1)
+        if kwargs.get("box_predictor") is None:
+            kwargs["box_predictor"] = FastRCNNPredictor(1024, num_classes + 1)
         super().__init__(backbone, None, **kwargs)
         self.num_classes = num_classes
 
@@ -124,8 +125,10 @@ class MaskRCNNDetector(MaskRCNN):
 
     def __init__(self, backbone: torch.nn.Module, num_classes: int, **kwargs: Any):
         # torchvision refuses num_classes next to given predictors: always give both (its defaults)
-        kwargs["box_predictor"] = kwargs.get("box_predictor") or FastRCNNPredictor(1024, num_classes + 1)
-        kwargs["mask_predictor"] = kwargs.get("mask_predictor") or MaskRCNNPredictor(256, 256, num_classes + 1)
+        if kwargs.get("box_predictor") is None:
+            kwargs["box_predictor"] = FastRCNNPredictor(1024, num_classes + 1)
+        if kwargs.get("mask_predictor") is None:
+            kwargs["mask_predictor"] = MaskRCNNPredictor(256, 256, num_classes + 1)
         super().__init__(backbone, None, **kwargs)
         self.num_classes = num_classes
 

@@ -23,12 +23,15 @@ def _color(label: int) -> tuple[int, int, int]:
 
 def load_image(path: str | os.PathLike) -> Tensor:
     """An image file as uint8 ``[3, H, W]`` RGB."""
-    from torchvision.io import ImageReadMode, decode_image
+    import numpy as np
+    from PIL import Image, UnidentifiedImageError
 
     try:
-        return decode_image(str(path), mode=ImageReadMode.RGB)
-    except (RuntimeError, OSError, ValueError) as exc:
+        with Image.open(path) as file:
+            array = np.asarray(file.convert("RGB"))
+    except (OSError, UnidentifiedImageError, ValueError) as exc:
         raise ValueError(f"{path}: cannot read the image: {exc}") from exc
+    return torch.from_numpy(array.copy()).permute(2, 0, 1)
 
 
 def _as_uint8(image: Tensor) -> Tensor:
@@ -150,7 +153,7 @@ def predict_and_save(
     Returns:
         The JSON file's path.
     """
-    from torchvision.io import write_png
+    from PIL import Image
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -159,7 +162,7 @@ def predict_and_save(
         image = load_image(path)
         (det,) = predict(model, [image], device=device)
         drawn = draw_detections(image, det, class_names=class_names, score_thresh=score_thresh)
-        write_png(drawn, str(out_dir / f"{Path(path).stem}.png"))
+        Image.fromarray(drawn.permute(1, 2, 0).numpy()).save(out_dir / f"{Path(path).stem}.png")
         results[str(path)] = detection_to_json(det, class_names=class_names, score_thresh=score_thresh)
     json_path = out_dir / "predictions.json"
     json_path.write_text(json.dumps(results, indent=1))
