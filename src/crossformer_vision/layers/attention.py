@@ -121,11 +121,13 @@ class GroupAttention(nn.Module):
         mask = self.attention_mask(layout, qkv.dtype)
         # 4-D views for SDPA whose mask broadcasts over the batch: [B*groups, heads, ...] with a per-head
         # bias, [B, groups*heads, ...] with a per-group padding mask
+        # (a 4-D mask: with a 3-D one torch falls back from the fused CPU kernel to the slow math path)
         if mask.ndim == 3:
             q, k, v = qkv.reshape(3, B * groups, heads, n, hd).unbind(0)
+            mask = mask.unsqueeze(0)
         else:
             q, k, v = qkv.reshape(3, B, groups * heads, n, hd).unbind(0)
-            mask = mask.reshape(groups * heads, n, n)
+            mask = mask.reshape(1, groups * heads, n, n)
 
         if self.fused_attn:
             x = F.scaled_dot_product_attention(

@@ -62,7 +62,9 @@ def _concat(convs: nn.ModuleList, x: torch.Tensor, unshuffle: bool = False) -> t
     their order differs; oneDNN's weight gradients of large strided kernels are several times faster this way.
     """
     if not unshuffle:
-        return torch.cat([conv(x) for conv in convs], dim=1).permute(0, 2, 3, 1)
+        # channels-last convolutions: the concatenated output is then already a contiguous [B, H', W', C] map
+        x = x.contiguous(memory_format=torch.channels_last)
+        return torch.cat([conv(x) for conv in convs], dim=1).permute(0, 2, 3, 1).contiguous()
     s = convs[0].stride[0]
     h, w = x.shape[-2] // s, x.shape[-1] // s
     blocks: dict[int, torch.Tensor] = {}
@@ -78,7 +80,8 @@ def _concat(convs: nn.ModuleList, x: torch.Tensor, unshuffle: bool = False) -> t
             padded = F.pad(x, (shift, wp - x.shape[-1] - shift, shift, hp - x.shape[-2] - shift))
             blocks[shift] = F.pixel_unshuffle(padded, s)
         outs.append(_unshuffled_conv(x, conv, blocks[shift], shift, (h, w)))
-    return torch.cat(outs, dim=1).permute(0, 2, 3, 1)
+    # contiguous tokens: every Linear / LayerNorm of the following blocks would otherwise copy its input
+    return torch.cat(outs, dim=1).permute(0, 2, 3, 1).contiguous()
 
 
 def _use_unshuffle(convs: nn.ModuleList, mode: str) -> bool:
