@@ -1,0 +1,373 @@
+"""Speed and memory of this CrossFormer against the faithful reference path and timm models, in one run.
+
+Every measurement runs in a fresh subprocess (so peak RSS belongs to that measurement alone). Printed: one
+table with img/s, % of the measured matmul peak, training s/step and peak RSS, for fp32 and bf16, then the
+large-input scaling table. Results are also written as JSON (``--out``).
+
+* ``ours``: the package's product path (``timm.create_model(name)``).
+* ``reference``: ``tests/reference_crossformer.py``, the straightforward math of the official code (explicit
+  padding, masks and reshapes; position bias recomputed in every call) on the same weights.
+* ``timm``: swin_tiny / deit_small / resnet50 from timm.
+* ``official``: numbers measured with the unmodified official code on this machine type (not re-run here;
+  ``benchmarks/official_baseline.json``).
+
+% of peak = img/s x 2 x (multiply-adds per image) / fp32 matmul GFLOP/s measured at the start of the run
+(the bf16 rows are also given against the fp32 peak, so they compare across rows). Multiply-adds: this
+package's analytic count for CrossFormers (equal to torch's flop counter), torch's flop counter for timm models.
+
+Usage:
+    python benchmarks/speed.py                 # the full table (about 10-15 minutes on 2 cores)
+    python benchmarks/speed.py --quick         # a smaller, faster subset
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(ROOT / "tests"))  # the reference path lives with the tests
+
+
+# ---------------------------------------------------------------------------------------------- worker side
+def _build(spec: dict):
+    import timm
+    import torch
+
+    import crossformer_vision  # noqa: F401  (registers the variants)
+
+    kind, name = spec["kind"], spec["name"]
+    kwargs = dict(spec.get("kwargs", {}))
+    if kind == "ours":
+        return timm.create_model(name, **kwargs)
+    if kind == "timm":
+        return timm.create_model(name, **kwargs)
+    if kind == "reference":
+        from reference_crossformer import forward
+
+        model = timm.create_model(name)
+
+        class Reference(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.params = torch.nn.ParameterList(list(model.state_dict(keep_vars=True).values()))
+                self.keys = list(model.state_dict().keys())
+
+            def forward(self, x):
+                p = dict(zip(self.keys, self.params))
+                return forward(p, x, model.depths, model.num_heads, model.group_size, model.crs_interval, "pp")
+
+        return Reference()
+    raise ValueError(kind)
+
+
+def _peak_rss_gib() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 2**20
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def _macs(spec: dict, model, size: int) -> float:
+    import torch
+
+    if spec["kind"] in ("ours", "reference"):
+        from crossformer_vision.models.flops import count_flops
+
+        ref = model if spec["kind"] == "ours" else _build({**spec, "kind": "ours"})
+        return count_flops(ref, size, "implementation").total
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counted = _build(spec)  # a separate copy: explicit attention matmuls (the counter misses CPU SDPA kernels)
+    for m in counted.modules():
+        if hasattr(m, "fused_attn"):
+            m.fused_attn = False
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        counted.eval()(torch.zeros(1, 3, size, size))
+    return counter.get_total_flops() / 2
+
+
+def worker(spec: dict) -> dict:
+    import torch
+
+    torch.set_num_threads(spec["threads"])
+    torch.manual_seed(0)
+    model = _build(spec)
+    size, batch, mode = spec["size"], spec["batch"], spec["mode"]
+    out: dict = {"macs": _macs(spec, model, size)}
+    x = torch.randn(batch, 3, size, size)
+    if spec["task"] == "infer":
+        model.eval()
+        ctx = (
+            torch.autocast("cpu", dtype=torch.bfloat16)
+            if mode == "bf16-autocast"
+            else torch.autocast("cpu", enabled=False)
+        )
+        if mode == "bf16-model":
+            model = model.to(torch.bfloat16)
+            x = x.to(torch.bfloat16)
+        times = []
+        with torch.inference_mode(), ctx:
+            for i in range(spec["warmup"] + spec["runs"]):
+                start = time.perf_counter()
+                model(x)
+                if i >= spec["warmup"]:
+                    times.append(time.perf_counter() - start)
+        out["seconds"] = statistics.median(times)
+        out["img_per_s"] = batch / out["seconds"]
+    else:
+        model.train()
+        if spec.get("grad_checkpointing"):
+            model.set_grad_checkpointing(True)
+        fused = {"fused": True} if spec.get("fused", True) else {}
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.05, **fused)
+        y = torch.randint(0, 1000, (batch,))
+        ctx = (
+            torch.autocast("cpu", dtype=torch.bfloat16)
+            if mode == "bf16-autocast"
+            else torch.autocast("cpu", enabled=False)
+        )
+        times = []
+        for i in range(spec["warmup"] + spec["runs"]):
+            start = time.perf_counter()
+            opt.zero_grad(set_to_none=True)
+            with ctx:
+                loss = torch.nn.functional.cross_entropy(model(x).float(), y)
+            loss.backward()
+            opt.step()
+            if i >= spec["warmup"]:
+                times.append(time.perf_counter() - start)
+        out["seconds"] = statistics.median(times)
+        out["img_per_s"] = batch / out["seconds"]
+    out["peak_rss_gib"] = _peak_rss_gib()
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- driver side
+def run_spec(spec: dict) -> dict:
+    env = dict(os.environ, OMP_NUM_THREADS=str(spec["threads"]))
+    proc = subprocess.run(
+        [sys.executable, __file__, "--worker", json.dumps(spec)], capture_output=True, text=True, env=env, timeout=3600
+    )
+    if proc.returncode != 0:
+        return {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit {proc.returncode}"}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def matmul_peak(dtype_name: str, threads: int, n: int = 4096, runs: int = 10) -> float:
+    import torch
+
+    torch.set_num_threads(threads)
+    dtype = getattr(torch, dtype_name)
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - start)
+    return 2 * n**3 / statistics.median(times) / 1e9
+
+
+def agreement(threads: int, images: int) -> dict:
+    """Top-1 agreement of bf16 (autocast and bf16 weights) with fp32 on the bundled Fashion-MNIST test images."""
+    import math
+
+    import timm
+    import torch
+    from timm.data import create_transform
+
+    import crossformer_vision  # noqa: F401
+    from crossformer_vision.data import FashionMNIST
+
+    torch.set_num_threads(threads)
+    model = timm.create_model("crossformer_s").eval()
+    # fixture-style weights (refdata recipe, seed 1234): random but with non-degenerate logits and position bias
+    g = torch.Generator().manual_seed(1234)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.ndim >= 2:
+                p.copy_(torch.randn(p.shape, generator=g) / math.sqrt(p[0].numel()))
+            elif name.endswith("weight"):
+                p.copy_(1 + 0.2 * torch.randn(p.shape, generator=g))
+            else:
+                p.copy_(0.2 * torch.randn(p.shape, generator=g))
+    tf = create_transform(input_size=(3, 224, 224), crop_pct=1.0, interpolation="bicubic")
+    data = FashionMNIST(split="test", transform=tf, limit=images)
+    x = torch.stack([data[i][0] for i in range(len(data))])
+    with torch.inference_mode():
+        ref = torch.cat([model(c) for c in x.split(32)]).argmax(-1)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            auto = torch.cat([model(c) for c in x.split(32)]).argmax(-1)
+        model16 = model.to(torch.bfloat16)
+        cast = torch.cat([model16(c.to(torch.bfloat16)) for c in x.split(32)]).argmax(-1)
+    return {
+        "images": len(x),
+        "bf16_autocast_top1_agreement": float((auto == ref).float().mean()) * 100,
+        "bf16_model_top1_agreement": float((cast == ref).float().mean()) * 100,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--quick", action="store_true", help="fewer models and runs")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", default=str(HERE / "results" / "speed_cpu.json"))
+    args = parser.parse_args()
+    if args.worker:
+        print(json.dumps(worker(json.loads(args.worker))))
+        return
+
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(width=160)
+    official = json.loads((HERE / "official_baseline.json").read_text())
+    t = args.threads
+    peak32 = matmul_peak("float32", t)
+    peak16 = matmul_peak("bfloat16", t)
+    version = __import__("torch").__version__
+    console.print(f"torch {version}, {t} threads; matmul 4096^2: fp32 {peak32:.1f} GFLOP/s, bf16 {peak16:.1f} GFLOP/s")
+
+    runs = 3 if args.quick else 5
+    inf = dict(task="infer", size=224, batch=32, warmup=2, runs=runs, threads=t)
+    rows: list[tuple[str, dict, dict]] = []
+    variants = (
+        ["crossformer_s"] if args.quick else ["crossformer_t", "crossformer_s", "crossformer_b", "crossformerpp_s"]
+    )
+    for v in variants:
+        for mode in ("fp32", "bf16-autocast", "bf16-model"):
+            if mode != "fp32" and v not in ("crossformer_s", "crossformerpp_s"):
+                continue
+            rows.append((f"ours {v}", {"mode": mode}, run_spec({**inf, "kind": "ours", "name": v, "mode": mode})))
+    for v in ["crossformer_s"] if args.quick else ["crossformer_s", "crossformerpp_s"]:
+        rows.append(
+            (f"reference {v}", {"mode": "fp32"}, run_spec({**inf, "kind": "reference", "name": v, "mode": "fp32"}))
+        )
+    for name in (
+        ["swin_tiny_patch4_window7_224"]
+        if args.quick
+        else ["swin_tiny_patch4_window7_224", "deit_small_patch16_224", "resnet50"]
+    ):
+        for mode in ("fp32", "bf16-autocast"):
+            rows.append((f"timm {name}", {"mode": mode}, run_spec({**inf, "kind": "timm", "name": name, "mode": mode})))
+
+    train = dict(task="train", size=224, batch=16, warmup=1, runs=3 if args.quick else 5, threads=t)
+    trows: list[tuple[str, dict, dict]] = [
+        (
+            "ours crossformer_s",
+            {"mode": "fp32"},
+            run_spec({**train, "kind": "ours", "name": "crossformer_s", "mode": "fp32"}),
+        ),
+        (
+            "ours crossformer_s + grad ckpt",
+            {"mode": "fp32"},
+            run_spec({**train, "kind": "ours", "name": "crossformer_s", "mode": "fp32", "grad_checkpointing": True}),
+        ),
+        (
+            "ours crossformer_s",
+            {"mode": "bf16-autocast"},
+            run_spec({**train, "kind": "ours", "name": "crossformer_s", "mode": "bf16-autocast"}),
+        ),
+        (
+            "reference crossformer_s",
+            {"mode": "fp32"},
+            run_spec({**train, "kind": "reference", "name": "crossformer_s", "mode": "fp32", "fused": False}),
+        ),
+        (
+            "timm swin_tiny_patch4_window7_224",
+            {"mode": "fp32"},
+            run_spec({**train, "kind": "timm", "name": "swin_tiny_patch4_window7_224", "mode": "fp32"}),
+        ),
+    ]
+
+    table = Table(title=f"CPU, {t} threads, 224x224: inference batch 32, training batch 16 (AdamW)")
+    for col in ("model", "mode", "img/s", "% fp32 peak", "official code img/s", "train s/step", "train peak RSS GiB"):
+        table.add_column(col, justify="left" if col in ("model", "mode") else "right")
+
+    def pct(r: dict) -> str:
+        return f"{100 * r['img_per_s'] * 2 * r['macs'] / 1e9 / peak32:.0f} %" if "img_per_s" in r else "-"
+
+    result = {"matmul_gflops": {"fp32": peak32, "bf16": peak16}, "inference": [], "training": []}
+    for label, meta, r in rows:
+        key = label.split()[-1]
+        off = (
+            official["inference_bs32_img_per_s"].get(key)
+            if meta["mode"] == "fp32" and not label.startswith("reference")
+            else None
+        )
+        table.add_row(
+            label,
+            meta["mode"],
+            f"{r['img_per_s']:.2f}" if "img_per_s" in r else r.get("error", "?"),
+            pct(r),
+            f"{off:.2f}" if off else "",
+            "",
+            "",
+        )
+        result["inference"].append({"model": label, **meta, **r})
+    for label, meta, r in trows:
+        table.add_row(
+            label,
+            meta["mode"],
+            f"{r['img_per_s']:.2f}" if "img_per_s" in r else r.get("error", "?"),
+            pct(r),
+            "",
+            f"{r['seconds']:.2f}" if "seconds" in r else "-",
+            f"{r['peak_rss_gib']:.2f}" if "peak_rss_gib" in r else "-",
+        )
+        result["training"].append({"model": label, **meta, **r})
+    console.print(table)
+    step, rss = official["train_bs16_s_per_step"], official["train_bs16_peak_rss_gib"]
+    console.print(
+        f"official code on this machine type (refdata): CrossFormer-S training {step['crossformer_s']:.2f} s/step, "
+        f"peak RSS {rss['crossformer_s']:.2f} GiB; swin_tiny {step['swin_tiny_patch4_window7_224']:.2f} s/step."
+    )
+
+    sizes = [224, 448] if args.quick else [224, 448, 896, 1344]
+    large = Table(title="large inputs, batch 1, fp32 inference: img/s and peak RSS")
+    for col in ("size", "ours crossformer_s img/s", "RSS GiB", "timm swin_tiny img/s", "RSS GiB", "ours tokens/s (M)"):
+        large.add_column(col, justify="right")
+    result["large"] = []
+    for s in sizes:
+        spec = dict(task="infer", size=s, batch=1, warmup=1, runs=3, threads=t, mode="fp32")
+        a = run_spec({**spec, "kind": "ours", "name": "crossformer_s"})
+        b = run_spec({**spec, "kind": "timm", "name": "swin_tiny_patch4_window7_224", "kwargs": {"img_size": s}})
+        large.add_row(
+            str(s),
+            f"{a.get('img_per_s', 0):.2f}",
+            f"{a.get('peak_rss_gib', 0):.2f}",
+            f"{b.get('img_per_s', 0):.2f}",
+            f"{b.get('peak_rss_gib', 0):.2f}",
+            f"{a.get('img_per_s', 0) * (s // 4) ** 2 / 1e6:.3f}",
+        )
+        result["large"].append({"size": s, "ours": a, "swin_tiny": b})
+    console.print(large)
+
+    agree = agreement(t, 256 if args.quick else 1000)
+    result["agreement"] = agree
+    console.print(
+        f"bf16 vs fp32 top-1 agreement on {agree['images']} bundled Fashion-MNIST test images (CrossFormer-S, "
+        f"fixture-style random weights): autocast {agree['bf16_autocast_top1_agreement']:.1f} %, "
+        f"bf16 weights {agree['bf16_model_top1_agreement']:.1f} %"
+    )
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    result["date"] = time.strftime("%Y-%m-%d")
+    out.write_text(json.dumps(result, indent=1))
+    console.print(f"written: {out}")
+
+
+if __name__ == "__main__":
+    main()
