@@ -129,7 +129,9 @@ class GroupAttention(nn.Module):
             q, k, v = qkv.reshape(3, B, groups * heads, n, hd).unbind(0)
             mask = mask.reshape(1, groups * heads, n, n)
 
-        if self.fused_attn:
+        # on CPU, SDPA cannot differentiate a float mask in its fused kernel and falls back to a math path slower
+        # than the explicit one below: use the fused kernel there only when the bias needs no gradient
+        if self.fused_attn and not (mask.requires_grad and q.device.type == "cpu"):
             x = F.scaled_dot_product_attention(
                 q, k, v, attn_mask=mask, dropout_p=self.attn_drop.p if self.training else 0.0, scale=self.scale
             )
