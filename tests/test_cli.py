@@ -18,10 +18,31 @@ def test_models_table_at_other_size(capsys):
     assert "512x384" in out and "crossformer_t" in out
 
 
-def test_demo_runs_a_variant_on_the_bundled_image(capsys):
-    assert cli(["demo", "--variants", "crossformer_t"]) == 0
+def test_forward_runs_a_variant_on_the_bundled_image(capsys):
+    assert cli(["models", "--forward", "--variants", "crossformer_t"]) == 0
     out = capsys.readouterr().out
     assert "64@56x56" in out and "(1, 1000)" in out
+
+
+def test_demo_smoke(tmp_path):
+    """The main job end to end, shrunk: both models train, the table and the pictures are written."""
+    from train_utils import run_cli
+
+    tiny = [
+        "data.train_limit=256",
+        "data.val_limit=100",
+        "train.batch_size=32",
+        "optim.base_batch=32",
+        "train.threads=1",
+        "train.progress=false",
+    ]
+    out = run_cli(["demo", "--quick", "--output-dir", str(tmp_path), *tiny])
+    assert "Swin (timm)" in out.stdout and "CrossFormer" in out.stdout
+    rows = json.loads((tmp_path / "results.json").read_text())
+    assert [r["model"] for r in rows] == ["CrossFormer", "Swin (timm)"]
+    assert all(0 <= r["top1"] <= 100 for r in rows)
+    assert (tmp_path / "comparison.png").stat().st_size > 10_000
+    assert (tmp_path / "crossformer" / "confusion.png").is_file()
 
 
 def test_errors_are_reported_without_traceback(capsys, tmp_path):

@@ -42,6 +42,8 @@ class LoopConfig:
         amp: ``"bf16"``, ``"fp16"`` or None (float32).
         log_every: Optimizer steps between train log records.
         eval_every: Epochs between evaluations (the last epoch is always evaluated; 0: only the last).
+        eval_every_steps: Optimizer steps between evaluations, for iteration-based schedules (0: off). Adds to
+            ``eval_every``; the end of training is always evaluated, and a step is never evaluated twice.
         ckpt_every: Optimizer steps between checkpoints (0: at the end of every epoch only).
         keep_last: Checkpoints kept.
         max_steps: Stop after this many optimizer steps in all (None: run all epochs).
@@ -54,6 +56,7 @@ class LoopConfig:
     amp: str | None = None
     log_every: int = 10
     eval_every: int = 1
+    eval_every_steps: int = 0
     ckpt_every: int = 0
     keep_last: int = 3
     max_steps: int | None = None
@@ -159,6 +162,7 @@ class Trainer:
         self.step_in_epoch = 0
         self.best: float | None = None
         self.last_metrics: dict[str, float] = {}
+        self._evaluated_step: int | None = None
 
     # ------------------------------------------------------------------ state
     def _train_state(self) -> dict[str, Any]:
@@ -171,6 +175,7 @@ class Trainer:
             "step_in_epoch": self.step_in_epoch,
             "global_step": self.global_step,
             "best": self.best,
+            "evaluated_step": self._evaluated_step,
             "world_size": self.dist.world_size,
             "global_batch": self.sampler.global_batch,
         }
@@ -205,6 +210,7 @@ class Trainer:
         set_rng_state(state["rng"])
         self.epoch, self.step_in_epoch = state["epoch"], state["step_in_epoch"]
         self.global_step, self.best = state["global_step"], state["best"]
+        self._evaluated_step = state.get("evaluated_step")
         self.logger.truncate_after(self.global_step)
 
     # ------------------------------------------------------------------ loop
@@ -246,6 +252,13 @@ class Trainer:
         if self.ema is not None:
             metrics.update({f"ema_{k}": v for k, v in self.evaluate_fn(self.ema.module).items()})
         return metrics
+
+    def _evaluate_and_log(self) -> None:
+        self.last_metrics = self.evaluate()
+        self._evaluated_step = self.global_step
+        if self.last_metrics:
+            self.logger.log({"split": "val", "epoch": self.epoch, "step": self.global_step, **self.last_metrics})
+            self._track_best()
 
     def fit(self, resume: str | Path | None = None) -> dict[str, float]:
         """Train (from scratch or from ``resume``) and return the last evaluation's metrics."""
@@ -313,6 +326,12 @@ class Trainer:
                                 img_s=f"{record['img_per_s']:.0f}",
                             )
                         window_images, window_time, window_loss, window_n = 0, time.perf_counter(), 0.0, 0
+                    every = loop.eval_every_steps
+                    if every and self.global_step % every == 0 and self.global_step < total:  # the end: below
+                        eval_start = time.perf_counter()
+                        self._evaluate_and_log()  # before the checkpoint, so that it records the best metric
+                        self.model.train()
+                        window_time += time.perf_counter() - eval_start  # not part of the training throughput
                     if loop.ckpt_every and self.global_step % loop.ckpt_every == 0:
                         self.save_checkpoint()
                     if self.step_in_epoch >= self.steps_per_epoch or self.global_step >= total:
@@ -324,12 +343,8 @@ class Trainer:
                 last = self.epoch >= loop.epochs or self.global_step >= total
                 due = finished_epoch and loop.eval_every and self.epoch % loop.eval_every == 0
                 if last or due:
-                    self.last_metrics = self.evaluate()
-                    if self.last_metrics:
-                        self.logger.log(
-                            {"split": "val", "epoch": self.epoch, "step": self.global_step, **self.last_metrics}
-                        )
-                        self._track_best()
+                    if self._evaluated_step != self.global_step:  # not already evaluated by eval_every_steps
+                        self._evaluate_and_log()
                     if self.on_epoch_end is not None:
                         self.on_epoch_end(self.epoch, self.last_metrics)
                 if finished_epoch or last:

@@ -5,7 +5,10 @@
 * :func:`load_mmseg_checkpoint` builds and loads one from an official mmseg checkpoint;
 * :func:`inference` / :func:`predict`: whole / sliding-window, multi-scale and flip testing;
 * :class:`SegmentationMetric`: dataset-level mIoU / mAcc / aAcc (distributed-ready);
-* :func:`save_overlays`: prediction vs ground-truth pictures.
+* :func:`save_overlays`: prediction vs ground-truth pictures;
+* training and evaluation runs (``crossformer seg train / eval / predict / convert / demo``):
+  :mod:`.config` (recipes as config defaults and presets), :mod:`.train` (:func:`~.train.train`) and :mod:`.evaluate`
+  (:func:`~.evaluate.evaluate_segmentor`, :func:`~.evaluate.load_segmentor`, ...), imported on use.
 """
 
 from .backbones import TIMM_ALIASES, TimmBackbone, build_backbone, build_crossformer_backbone, default_lda_rule

@@ -1,0 +1,222 @@
+"""``crossformer seg``: semantic segmentation (UPerNet / Semantic FPN): train, eval, predict, convert, demo.
+
+Wiring only; the work is in :mod:`crossformer_vision.tasks.segmentation` (heavy imports happen inside ``run``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+LDA_RULES = ("fixed_group", "fixed_interval")
+#: ``seg demo --quick``: a one-minute smoke run.
+QUICK = ["sched.iters=20", "sched.warmup_iters=5", "eval.every=0", "train.log_every=5"]
+
+
+def _console():
+    from rich.console import Console
+
+    return Console(width=None if Console().is_terminal else 120)
+
+
+def _trust(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--trust-checkpoint", action="store_true", help="allow arbitrary pickled objects (trusted files only)"
+    )
+
+
+def _test_time(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--mode", choices=["whole", "slide"], default=None, help="whole image or sliding 512 windows")
+    p.add_argument("--ms", action="store_true", help="multi-scale test: ratios 0.5-1.75 of the test scale")
+    p.add_argument("--flip", action="store_true", help="also average horizontally flipped inputs")
+    p.add_argument(
+        "--lda-rule",
+        choices=LDA_RULES,
+        default=None,
+        help="mmseg checkpoints: override the LDA rule (default: v1 weights fixed_interval, ++ weights fixed_group)",
+    )
+
+
+def add_args(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="seg_command", metavar="SUBCOMMAND", required=True)
+
+    t = sub.add_parser("train", help="train UPerNet / Semantic FPN (also under torchrun)")
+    t.add_argument("--config", default=None, help="YAML file or preset (ade20k_upernet_crossformer_s, seg_demo)")
+    t.add_argument("--resume", default=None, help="checkpoint directory, or a run directory (its latest checkpoint)")
+    t.add_argument("--force-resume", action="store_true", help="resume even if the config differs from the checkpoint")
+    t.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="e.g. data.root=/data/ADEChallengeData2016")
+    t.set_defaults(_seg_run=_train)
+
+    e = sub.add_parser("eval", help="mIoU / mAcc / aAcc and per-class IoU of a run or an official mmseg checkpoint")
+    e.add_argument("--checkpoint", required=True, help="run directory, final.safetensors, converted or mmseg .pth")
+    _test_time(e)
+    e.add_argument("--json", action="store_true", help="print JSON")
+    _trust(e)
+    e.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="e.g. data.root=/data/ADEChallengeData2016")
+    e.set_defaults(_seg_run=_eval)
+
+    r = sub.add_parser("predict", help="segment images: label PNGs (palette) and overlay PNGs")
+    r.add_argument("inputs", nargs="+", help="image files and/or folders")
+    r.add_argument("--checkpoint", required=True, help="run directory, final.safetensors, converted or mmseg .pth")
+    r.add_argument("--output-dir", default="seg_predictions", help="where the PNGs go")
+    r.add_argument("--device", default=None, help="cpu / cuda (default: CUDA when available)")
+    _test_time(r)
+    r.add_argument("--json", action="store_true", help="print JSON")
+    _trust(r)
+    r.set_defaults(_seg_run=_predict)
+
+    c = sub.add_parser("convert", help="official mmseg checkpoint -> safetensors (checked by building the model)")
+    c.add_argument("src", help="mmseg .pth (UPerNet or Semantic FPN on a CrossFormer backbone)")
+    c.add_argument("dst", help="output .safetensors")
+    c.add_argument("--lda-rule", choices=LDA_RULES, default=None, help="default: from the weights' family")
+    _trust(c)
+    c.set_defaults(_seg_run=_convert)
+
+    d = sub.add_parser("demo", help="train UPerNet on the embedded demo set (CPU, a few minutes) and evaluate it")
+    d.add_argument("--output-dir", default="runs/seg_demo", help="run directory")
+    d.add_argument("--quick", action="store_true", help="a one-minute smoke run (20 iterations)")
+    d.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides of the seg_demo preset")
+    d.set_defaults(_seg_run=_demo)
+
+
+def run(args: argparse.Namespace) -> int:
+    return int(args._seg_run(args) or 0)
+
+
+# ---------------------------------------------------------------------- subcommands
+def _config(name: str | None, overrides: list[str]) -> dict:
+    from ..configs import resolve_config
+    from ..engine import load_config
+    from ..tasks.segmentation.config import DEFAULTS
+
+    return load_config(DEFAULTS, resolve_config(name, task="segmentation"), overrides)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from ..tasks.segmentation.train import train
+
+    result = train(_config(args.config, args.overrides), resume=args.resume, force_resume=args.force_resume)
+    if not result["is_main"]:
+        return 0
+    m = result["metrics"]
+    print(
+        f"mIoU {m['mIoU']:.2f}  mAcc {m['mAcc']:.2f}  aAcc {m['aAcc']:.2f}  ({m['num_images']} images, "
+        f"{result['iterations']} iterations, {result['train_seconds']:.0f} s)  -> {result['run_dir']}"
+    )
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from ..tasks.segmentation.evaluate import evaluate_checkpoint
+
+    out = evaluate_checkpoint(
+        args.checkpoint,
+        args.overrides,
+        mode=args.mode,
+        multi_scale=args.ms,
+        flip=args.flip,
+        lda_rule=args.lda_rule,
+        trusted=args.trust_checkpoint,
+    )
+    if not out.pop("is_main"):
+        return 0
+    if args.json:
+        print(json.dumps(out, indent=1))
+        return 0
+    m, st = out["metrics"], out["settings"]
+    tests = f"ratios {st['ratios']}" + (" + flip" if st["flip"] else "")
+    print(out["table"])
+    print(
+        f"{out['model']} ({out['kind']}{', LDA ' + out['lda_rule'] if out['lda_rule'] else ''}): "
+        f"mIoU {m['mIoU']:.2f}  mAcc {m['mAcc']:.2f}  aAcc {m['aAcc']:.2f}  on {m['num_images']} images "
+        f"({st['mode']}, scale {st['scale']}, {tests})"
+    )
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    from ..tasks.segmentation.evaluate import predict_images
+
+    results = predict_images(
+        args.checkpoint,
+        args.inputs,
+        args.output_dir,
+        mode=args.mode,
+        multi_scale=args.ms,
+        flip=args.flip,
+        lda_rule=args.lda_rule,
+        trusted=args.trust_checkpoint,
+        device=args.device,
+    )
+    if args.json:
+        print(json.dumps(results, indent=1))
+        return 0
+    table = Table(title=f"predictions in {args.output_dir}")
+    for col in ("image", "labels / overlay PNG", "largest classes (pixel share)"):
+        table.add_column(col)
+    for r in results:
+        if "error" in r:
+            table.add_row(r["image"], "-", f"[red]unreadable: {r['error']}[/]")
+            continue
+        top = ", ".join(f"{name} {share:.0%}" for name, share in list(r["classes"].items())[:4])
+        table.add_row(r["image"], f"{Path(r['labels']).name} / {Path(r['overlay']).name}", top)
+    _console().print(table)
+    return 0
+
+
+def _convert(args: argparse.Namespace) -> int:
+    from ..tasks.segmentation.evaluate import convert_mmseg
+
+    meta = convert_mmseg(args.src, args.dst, lda_rule=args.lda_rule, trusted=args.trust_checkpoint)
+    print(f"wrote {args.dst}: {meta['model']}, {meta['num_classes']} classes, LDA rule {meta['lda_rule']}")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    from ..tasks.segmentation.config import build_datasets
+    from ..tasks.segmentation.evaluate import majority_baseline
+    from ..tasks.segmentation.train import train
+
+    out = Path(args.output_dir)
+    if (out / "checkpoints").exists():
+        raise ValueError(f"{out} already holds a run; remove it or pass --output-dir")
+    cfg = _config("seg_demo", [*(QUICK if args.quick else []), *args.overrides, f"train.output_dir={out}"])
+    console = _console()
+    train_set, val_set, classes = build_datasets(cfg)
+    assert train_set is not None
+    bk = cfg["model"]["backbone"]["kwargs"]
+    console.rule(
+        f"[bold]{cfg['model']['name']}[/] (embed_dim {bk.get('embed_dim')}, depths {bk.get('depths')}): "
+        f"{cfg['sched']['iters']} iterations x {cfg['train']['global_batch_size']} crops of {cfg['data']['crop_size']} "
+        f"on {len(train_set)} embedded images, {len(classes)} classes"
+    )
+    start = time.perf_counter()
+    result = train(cfg)
+    wall = time.perf_counter() - start
+    baseline = majority_baseline(train_set, val_set, len(classes), classes)
+    m, b = result["metrics"], baseline["metrics"]
+    table = Table(title=f"seg_demo validation set ({m['num_images']} images of 128 x 128), percent")
+    for col in ("predictor", "mIoU", "mAcc", "aAcc"):
+        table.add_column(col, justify="left" if col == "predictor" else "right")
+    table.add_row(f"UPerNet, {result['iterations']} iterations", *(f"{m[k]:.2f}" for k in ("mIoU", "mAcc", "aAcc")))
+    table.add_row(f"trivial: '{baseline['class']}' everywhere", *(f"{b[k]:.2f}" for k in ("mIoU", "mAcc", "aAcc")))
+    console.print(result["table"])
+    console.print(table)
+    console.print(
+        f"training + evaluation: {wall:.0f} s wall ({result['train_seconds']:.0f} s in the training loop); "
+        f"pictures: {out}/overlays.png (image | ground truth | prediction), {out}/curves.png"
+    )
+    summary = {
+        "model": {k: result[k] for k in ("metrics", "per_class", "iterations")},
+        "baseline": {k: baseline[k] for k in ("class", "metrics")},
+        "wall_seconds": round(wall, 1),
+        "train_seconds": round(result["train_seconds"], 1),
+    }
+    (out / "demo_results.json").write_text(json.dumps(summary, indent=1))
+    return 0

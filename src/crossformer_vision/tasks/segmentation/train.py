@@ -1,0 +1,284 @@
+"""``train(cfg)``: iteration-based segmentation training (mmseg's ADE20K recipes) through the shared engine.
+
+The recipe is mmseg's: AdamW with parameters named ``*norm*`` (and position tables) excluded from weight decay
+(``paramwise_cfg=dict(custom_keys={'norm': dict(decay_mult=0.)})``), a poly schedule per iteration whose first
+iterations are scaled by a linear warm-up (mmcv's ``PolyLrUpdaterHook``), the auxiliary FCN loss weighted 0.4,
+SyncBatchNorm under DDP on GPUs. Evaluation (mIoU / mAcc / aAcc over the validation set, sharded over processes)
+runs every ``eval.every`` iterations and at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ...data.segmentation import collate
+from ...engine import (
+    LoopConfig,
+    Trainer,
+    config_diff,
+    init_distributed,
+    load_training_checkpoint,
+    save_config,
+    seed_everything,
+    set_deterministic,
+)
+from ...engine.plots import plot_curves
+from ...models.io import atomic_save_safetensors
+from .config import RESUME_MUST_MATCH, build_datasets, build_model, inference_settings
+from .evaluate import RUN_KIND, evaluate_segmentor
+from .model import Segmentor
+from .visualize import make_palette, save_overlays
+
+__all__ = ["build_optimizer", "param_groups", "poly_warmup_factor", "train"]
+
+
+def poly_warmup_factor(
+    iters: int, *, power: float = 1.0, min_lr_ratio: float = 0.0, warmup_iters: int = 0, warmup_ratio: float = 1e-6
+) -> Callable[[int], float]:
+    """mmcv's ``poly`` policy with ``warmup='linear'``, as a factor of the base lr for ``LambdaLR``.
+
+    Iteration ``i`` (0-based) trains with ``base_lr * f(i)``, where the poly value is
+    ``p(i) = (1 - r) * (1 - i / iters) ** power + r`` (``r = min_lr / base_lr``) and, during the warm-up,
+    ``f(i) = p(i) * (1 - (1 - i / warmup_iters) * (1 - warmup_ratio))`` (the warm-up scales the poly value, it does
+    not replace it), else ``f(i) = p(i)``.
+    """
+    if iters < 1:
+        raise ValueError(f"sched.iters must be >= 1, got {iters}")
+    if warmup_iters < 0 or not 0 < warmup_ratio <= 1:
+        raise ValueError(f"need warmup_iters >= 0 and 0 < warmup_ratio <= 1, got {warmup_iters}, {warmup_ratio}")
+
+    def factor(i: int) -> float:
+        value = (1.0 - min_lr_ratio) * (1.0 - min(i, iters) / iters) ** power + min_lr_ratio
+        if i < warmup_iters:
+            value *= 1.0 - (1.0 - i / warmup_iters) * (1.0 - warmup_ratio)
+        return value
+
+    return factor
+
+
+def param_groups(model: Segmentor, weight_decay: float, norm_decay_mult: float = 0.0) -> list[dict[str, Any]]:
+    """Two AdamW groups: the parameters of ``model.no_weight_decay()`` (names containing ``norm``, position tables)
+    get ``weight_decay * norm_decay_mult``, all others (biases and head BatchNorms included, as in mmseg)
+    ``weight_decay``."""
+    no_decay = model.no_weight_decay()
+    decay, other = [], []
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            (other if name in no_decay else decay).append(param)
+    groups = [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": other, "weight_decay": weight_decay * norm_decay_mult},
+    ]
+    return [g for g in groups if g["params"]]
+
+
+def build_optimizer(model: Segmentor, cfg: dict[str, Any], device: torch.device) -> torch.optim.Optimizer:
+    o = cfg["optim"]
+    fused = {"fused": True} if o["fused"] and device.type in ("cpu", "cuda") else {}
+    return torch.optim.AdamW(
+        param_groups(model, o["weight_decay"], o["norm_decay_mult"]),
+        lr=o["lr"],
+        betas=tuple(o["betas"]),
+        eps=o["eps"],
+        **fused,
+    )
+
+
+def _check_resume(cfg: dict[str, Any], resume: str | Path, force: bool) -> None:
+    ckpt_cfg = load_training_checkpoint(resume)["config"]
+    diff = config_diff(ckpt_cfg, cfg, RESUME_MUST_MATCH)
+    if diff and not force:
+        raise ValueError(
+            "the run configuration differs from the checkpoint's, so the resumed run would not continue the same "
+            "training:\n  " + "\n  ".join(diff) + "\nUse the checkpoint's values (its config.yaml), or pass "
+            "--force-resume to continue with the new ones."
+        )
+
+
+def _micro_batch(cfg: dict[str, Any], world_size: int) -> int:
+    t = cfg["train"]
+    total, accum = t["global_batch_size"], t["accum_steps"]
+    if total < 1 or accum < 1 or total % (world_size * accum):
+        raise ValueError(
+            f"train.global_batch_size={total} must be a positive multiple of processes x accum_steps = "
+            f"{world_size} x {accum}"
+        )
+    return total // (world_size * accum)
+
+
+def _sync_batchnorm(model: Segmentor, cfg: dict[str, Any], distributed: bool, device: torch.device) -> Segmentor:
+    if cfg["model"]["norm"] != "syncbn" or not distributed:
+        return model  # one process: BatchNorm computes the same statistics
+    if device.type != "cuda":
+        warnings.warn(
+            "model.norm=syncbn: SyncBatchNorm needs GPUs; on CPU every process normalises its own batch (BatchNorm)",
+            stacklevel=2,
+        )
+        return model
+    return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+
+
+def _broadcast_buffers(model: nn.Module) -> None:
+    """Rank 0's BatchNorm statistics everywhere (what DDP's next forward does anyway), so that a sharded evaluation
+    scores one model, the one rank 0 saves, also where per-process BatchNorm let the statistics drift apart."""
+    for buffer in model.buffers():
+        torch.distributed.broadcast(buffer, src=0)
+
+
+def train(cfg: dict[str, Any], resume: str | Path | None = None, force_resume: bool = False) -> dict[str, Any]:
+    """Train, evaluate and report; returns the final metrics (every process returns them).
+
+    Writes into ``train.output_dir``: ``config.yaml``, ``classes.json``, ``checkpoints/step-*`` (exact resume),
+    ``metrics.jsonl``, ``best.safetensors`` (best mIoU), ``final.safetensors`` (weights + metadata to rebuild the
+    model), ``results.json``, ``per_class.txt``, ``curves.png`` and ``overlays.png``.
+    """
+    t, s, e = cfg["train"], cfg["sched"], cfg["eval"]
+    if t["threads"]:
+        torch.set_num_threads(int(t["threads"]))
+    dist = init_distributed(t["device"])
+    seed_everything(t["seed"])  # the same initial weights on every process
+    if t["deterministic"]:
+        set_deterministic(True)
+    run_dir = Path(t["output_dir"])
+    if resume is not None:
+        _check_resume(cfg, resume, force_resume)
+    micro = _micro_batch(cfg, dist.world_size)
+    settings = inference_settings(cfg)
+    train_set, val_set, classes = build_datasets(cfg)
+    assert train_set is not None
+    if dist.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run_dir / "config.yaml")
+        (run_dir / "classes.json").write_text(json.dumps(classes))
+
+    model = build_model(cfg, len(classes), class_names=classes)
+    model = _sync_batchnorm(model, cfg, dist.distributed, dist.device).to(dist.device)
+    optimizer = build_optimizer(model, cfg, dist.device)
+    factor = poly_warmup_factor(
+        s["iters"],
+        power=s["power"],
+        min_lr_ratio=s["min_lr"] / cfg["optim"]["lr"] if cfg["optim"]["lr"] else 0.0,
+        warmup_iters=s["warmup_iters"],
+        warmup_ratio=s["warmup_ratio"],
+    )
+
+    def scheduler_fn(opt: torch.optim.Optimizer, steps_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR:
+        return torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+    device = dist.device
+
+    def step_fn(m: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, int]:
+        images, masks = (x.to(device, non_blocking=True) for x in batch)
+        return m(images, masks)["loss"], images.shape[0]
+
+    last_eval: dict[str, Any] = {}
+
+    def evaluate_fn(m: nn.Module) -> dict[str, float]:
+        if dist.distributed:
+            _broadcast_buffers(m)
+        result = evaluate_segmentor(
+            m,
+            val_set,
+            settings,
+            num_classes=len(classes),
+            class_names=classes,
+            dist=dist,
+            amp=t["amp"],
+            workers=cfg["data"]["workers"],
+            keep_examples=e["overlays"],
+            progress=t["progress"],
+        )
+        last_eval.update(result)
+        return result["metrics"]
+
+    # iteration-based: enough passes over the data for sched.iters iterations; max_steps stops mid-pass
+    steps_per_epoch = len(train_set) // (micro * dist.world_size) // t["accum_steps"]
+    epochs = math.ceil(s["iters"] / steps_per_epoch) if steps_per_epoch else 1
+    train_model: nn.Module = torch.compile(model) if cfg["model"]["compile"] else model
+    trainer = Trainer(
+        model=train_model,
+        optimizer=optimizer,
+        scheduler_fn=scheduler_fn,
+        train_dataset=train_set,
+        collate_fn=collate,
+        global_batch=micro * dist.world_size,
+        step_fn=step_fn,
+        evaluate_fn=evaluate_fn,
+        dist=dist,
+        run_dir=run_dir,
+        config=cfg,
+        loop=LoopConfig(
+            epochs=epochs,
+            accum_steps=t["accum_steps"],
+            clip_grad=cfg["optim"]["clip_grad"],
+            amp=t["amp"],
+            log_every=t["log_every"],
+            eval_every=0,
+            eval_every_steps=e["every"],
+            ckpt_every=t["ckpt_every"],
+            keep_last=t["keep_last"],
+            max_steps=s["iters"],
+            progress=t["progress"],
+        ),
+        primary_metric="mIoU",
+        num_workers=cfg["data"]["workers"],
+        seed=t["seed"],
+    )
+    start = time.perf_counter()
+    metrics = trainer.fit(resume)
+    elapsed = time.perf_counter() - start
+    if not last_eval:  # resumed a finished run: nothing was trained, evaluate the weights anyway
+        metrics = evaluate_fn(model)
+    result = {
+        "metrics": metrics,
+        "per_class": last_eval["per_class"],
+        "table": last_eval["table"],
+        "train_seconds": elapsed,
+        "iterations": trainer.global_step,
+        "classes": classes,
+        "run_dir": str(run_dir),
+        "is_main": dist.is_main,
+    }
+    if dist.is_main:
+        _report(run_dir, cfg, model, classes, result, last_eval["examples"])
+    return result
+
+
+def _report(
+    run_dir: Path,
+    cfg: dict[str, Any],
+    model: Segmentor,
+    classes: list[str],
+    result: dict[str, Any],
+    examples: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
+) -> None:
+    palette = np.asarray(model.palette if model.palette else make_palette(len(classes)), dtype=np.uint8)
+    meta = {
+        "format": "crossformer-vision",
+        "task": "segmentation",
+        "kind": RUN_KIND,
+        "model": cfg["model"]["name"],
+        "num_classes": str(len(classes)),
+        "classes": json.dumps(classes),
+        "palette": json.dumps(palette.tolist()),
+        "config": json.dumps(cfg),
+    }
+    atomic_save_safetensors(model.state_dict(), run_dir / "final.safetensors", meta)
+    report = {k: result[k] for k in ("metrics", "per_class", "iterations")}
+    report["train_seconds"] = round(result["train_seconds"], 1)
+    (run_dir / "results.json").write_text(json.dumps(report, indent=1))
+    (run_dir / "per_class.txt").write_text(result["table"] + "\n")
+    plot_curves(run_dir, run_dir / "curves.png", val_keys=("mIoU", "mAcc", "aAcc"))
+    if examples:
+        images, preds, gts = zip(*examples)
+        save_overlays(images, preds, gts, run_dir / "overlays.png", palette, mean=None, std=None)
