@@ -1,6 +1,6 @@
 """Detection and instance segmentation on CrossFormer backbones with torchvision's RetinaNet / Faster R-CNN /
-Mask R-CNN: backbone adapters, builders by name, the paper's recipes, mmdetection weight conversion, COCO evaluation
-and visualisation."""
+Mask R-CNN: backbone adapters, builders by name, the paper's recipes, mmdetection weight conversion, COCO evaluation,
+visualisation, and training / evaluation runs (``config``, ``train``, ``evaluate``; imported on use)."""
 
 from .backbones import (
     BACKBONE_NAMES,
@@ -15,7 +15,10 @@ from .backbones import (
 )
 from .builders import DETECTOR_TYPES, build_detector, list_detectors, parse_detector_name
 from .coco_eval import COCO_METRIC_NAMES, CocoEvaluator, masks_to_rle, predictions_to_coco
+from .config import DEFAULTS as DETECTION_DEFAULTS
+from .config import build_model as build_detector_from_config
 from .detectors import FasterRCNNDetector, MaskRCNNDetector, RetinaNetDetector, check_targets
+from .evaluate import COCO_CLASSES, detection_dataset, evaluate_checkpoint, evaluate_detector, load_detector
 from .mm_convert import (
     ZERO_FILLED,
     MMAnchorGenerator,
@@ -31,12 +34,15 @@ from .mm_convert import (
     mmdet_map_roi_levels,
 )
 from .recipes import MULTI_SCALE_MIN_SIZES, RECIPES, DetectionRecipe, get_recipe
+from .train import train as train_detector
 from .visualize import detection_to_json, draw_detections, load_image, predict, predict_and_save
 from .weights import TransferReport, build_detector_from_mmdet, inspect_mmdet_checkpoint, load_mmdet_checkpoint
 
 __all__ = [
     "BACKBONE_NAMES",
+    "COCO_CLASSES",
     "COCO_METRIC_NAMES",
+    "DETECTION_DEFAULTS",
     "DETECTION_GROUP_SIZE",
     "DETECTION_INTERVAL",
     "DETECTOR_TYPES",
@@ -57,6 +63,7 @@ __all__ = [
     "TransferReport",
     "build_detection_backbone",
     "build_detector",
+    "build_detector_from_config",
     "build_detector_from_mmdet",
     "build_trunk",
     "check_targets",
@@ -68,11 +75,15 @@ __all__ = [
     "convert_mmdet_retinanet",
     "convert_mmdet_rpn_head",
     "default_lda_rule",
+    "detection_dataset",
     "detection_to_json",
     "draw_detections",
+    "evaluate_checkpoint",
+    "evaluate_detector",
     "get_recipe",
     "inspect_mmdet_checkpoint",
     "list_detectors",
+    "load_detector",
     "load_image",
     "load_mmdet_checkpoint",
     "masks_to_rle",
@@ -81,4 +92,5 @@ __all__ = [
     "predict",
     "predict_and_save",
     "predictions_to_coco",
+    "train_detector",
 ]

@@ -39,7 +39,7 @@ DEFAULTS: dict[str, Any] = {
         "name": "maskrcnn_crossformer_s",  # <retinanet|fasterrcnn|maskrcnn>_<backbone>; see list_detectors()
         "backbone_weights": None,  # ImageNet trunk: official .pth, converted .safetensors, a run dir; timm: "timm"
         "init": None,  # whole-detector weights to start from: an official mmdet .pth or a `det train` run
-        "lda_rule": None,  # CrossFormer LDA rule (null: that of the official weights, v1 fixed_interval, ++ fixed_group)
+        "lda_rule": None,  # CrossFormer LDA rule (null: the official weights' rule, v1 fixed_interval, ++ fixed_group)
         "drop_path_rate": None,  # null: the official value of the backbone (DETECTION_DROP_PATH)
         "frozen_stages": None,  # null: 1 for resnet50, -1 (nothing frozen) otherwise
         "norm_eval": None,  # null: true for resnet50 (BatchNorm statistics frozen)
@@ -48,7 +48,8 @@ DEFAULTS: dict[str, Any] = {
         "min_size": [800],  # shorter image side; several values = multi-scale training (the last one at test time)
         "max_size": 1333,
         "box_head_dim": 1024,  # R-CNN: width of the two shared fully connected layers
-        "mask_head_channels": 256,  # Mask R-CNN: width of the 4 mask convolutions
+        "mask_head_channels": 256,  # Mask R-CNN: width of the mask convolutions
+        "mask_head_convs": 4,  # Mask R-CNN: number of 3x3 mask convolutions
         "kwargs": {},  # trunk arguments (embed_dim, depths, num_heads, group_size, crs_interval, ...)
         "detector": {"kwargs": {}},  # torchvision detector arguments (rpn_*, box_*, score_thresh, ...)
     },
@@ -138,6 +139,7 @@ _ARCHITECTURE_KEYS = (
     "max_size",
     "box_head_dim",
     "mask_head_channels",
+    "mask_head_convs",
     "kwargs",
     "detector",
 )
@@ -194,9 +196,7 @@ def _resolve_weights(path: Any) -> Any:
     return path
 
 
-def build_model(
-    model_cfg: Mapping[str, Any], num_classes: int, *, backbone_weights: bool = True
-) -> nn.Module:
+def build_model(model_cfg: Mapping[str, Any], num_classes: int, *, backbone_weights: bool = True) -> nn.Module:
     """The detector a ``model`` config section describes, for ``num_classes`` foreground classes.
 
     Args:
@@ -223,9 +223,9 @@ def build_model(
         dim = model_cfg["box_head_dim"]
         detector_kwargs["box_head"] = TwoMLPHead(channels * 7 * 7, dim)
         detector_kwargs["box_predictor"] = FastRCNNPredictor(dim, num_classes + 1)
-    if det == "maskrcnn" and (model_cfg["mask_head_channels"] != 256 or channels != 256):
-        width = model_cfg["mask_head_channels"]
-        detector_kwargs["mask_head"] = MaskRCNNHeads(channels, (width,) * 4, 1)
+    width, convs = model_cfg["mask_head_channels"], model_cfg["mask_head_convs"]
+    if det == "maskrcnn" and (width != 256 or convs != 4 or channels != 256):
+        detector_kwargs["mask_head"] = MaskRCNNHeads(channels, (width,) * convs, 1)
         detector_kwargs["mask_predictor"] = MaskRCNNPredictor(width, width, num_classes + 1)
     detector_kwargs.update(model_cfg["detector"]["kwargs"] or {})
     sizes = _sizes(model_cfg["min_size"])

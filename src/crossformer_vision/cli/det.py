@@ -1,0 +1,257 @@
+"""``crossformer det``: detection and instance segmentation (RetinaNet / Faster R-CNN / Mask R-CNN).
+
+``det train`` (also under ``torchrun``), ``det eval`` (our runs and official mmdet checkpoints), ``det predict``
+(JSON + PNGs), ``det convert`` (official mmdet ``.pth`` -> self-describing ``.safetensors``) and ``det demo`` (a small
+Mask R-CNN on the embedded det_demo set, CPU, a few minutes). See docs/detection.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+DEMO_PRESETS = {"maskrcnn": "det_demo_maskrcnn", "retinanet": "det_demo_retinanet"}
+DEMO_QUICK = ["sched.epochs=2", "sched.lr_steps=[]", "data.train_limit=96", "sched.warmup_iters=10"]
+
+
+def _overrides(p: argparse.ArgumentParser, example: str) -> None:
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=f"config overrides, e.g. {example}")
+
+
+def _trust(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--trust-checkpoint", action="store_true", help="allow arbitrary pickled objects (trusted .pth files only)"
+    )
+
+
+def add_args(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="det_command", metavar="ACTION", required=True)
+
+    t = sub.add_parser("train", help="train a detector (same command under torchrun)")
+    t.add_argument("--config", default=None, help="YAML file or bundled preset (e.g. coco_maskrcnn_crossformer_s)")
+    t.add_argument("--resume", default=None, help="checkpoint directory, or a run directory (its latest checkpoint)")
+    t.add_argument(
+        "--force-resume", action="store_true", help="resume even if the config differs from the checkpoint's"
+    )
+    _overrides(t, "model.backbone_weights=crossformer-s.pth data.images=/data/coco/train2017")
+    t.set_defaults(_det_run=_train)
+
+    e = sub.add_parser("eval", help="COCO box (and mask) AP of a run or an official mmdet checkpoint")
+    e.add_argument("--checkpoint", required=True, help="run directory, .safetensors, or an official mmdet .pth")
+    e.add_argument("--config", default=None, help="YAML file or preset for the data (default: the run's config)")
+    e.add_argument("--out", default=None, help="write metrics.json and results_{bbox,segm}.json here")
+    e.add_argument("--json", action="store_true", help="print JSON")
+    _trust(e)
+    _overrides(e, "data.val_json=/coco/annotations/instances_val2017.json data.val_images=/coco/val2017")
+    e.set_defaults(_det_run=_eval)
+
+    r = sub.add_parser("predict", help="detect objects in images: predictions.json and one PNG per image")
+    r.add_argument("inputs", nargs="+", help="image files and/or folders")
+    r.add_argument("--checkpoint", required=True, help="run directory, .safetensors, or an official mmdet .pth")
+    r.add_argument("--out", required=True, help="output folder")
+    r.add_argument("--score-thresh", type=float, default=0.3, help="keep detections scoring at least this")
+    r.add_argument("--device", default=None, help="cpu / cuda (default: cuda when available)")
+    r.add_argument(
+        "--set",
+        dest="overrides",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="KEY=VALUE",
+        help="test-time model settings, e.g. --set model.min_size=[600] model.detector.kwargs.box_nms_thresh=0.6",
+    )
+    _trust(r)
+    r.set_defaults(_det_run=_predict)
+
+    c = sub.add_parser("convert", help="official mmdet RetinaNet / Mask R-CNN .pth -> detector .safetensors")
+    c.add_argument("src", help="official mmdet checkpoint (.pth)")
+    c.add_argument("dst", help="output .safetensors")
+    _trust(c)
+    c.set_defaults(_det_run=_convert)
+
+    d = sub.add_parser("demo", help="train a small detector on the embedded det_demo set (CPU, a few minutes)")
+    d.add_argument("--detector", choices=sorted(DEMO_PRESETS), default="maskrcnn")
+    d.add_argument("--output-dir", default="runs/det_demo", help="run directory (must not hold a run)")
+    d.add_argument("--quick", action="store_true", help="a smoke run of well under a minute (AP near zero)")
+    d.add_argument("--num-predictions", type=int, default=8, help="validation images drawn with their detections")
+    _overrides(d, "sched.epochs=4")
+    d.set_defaults(_det_run=_demo)
+
+
+def run(args: argparse.Namespace) -> int:
+    return int(args._det_run(args) or 0)
+
+
+def _console():
+    from rich.console import Console
+
+    return Console(width=None if Console().is_terminal else 120)
+
+
+def _config(preset: str | None, overrides: list[str]) -> dict:
+    from ..configs import resolve_config
+    from ..engine import load_config
+    from ..tasks.detection.config import DEFAULTS
+
+    return load_config(DEFAULTS, resolve_config(preset, task="detection"), overrides)
+
+
+def _print_results(console, metrics: dict, per_class: dict, iou_types) -> None:
+    from rich.table import Table
+
+    from ..tasks.detection.evaluate import format_metrics_line
+
+    for iou_type in iou_types:
+        if f"{iou_type}/AP" in metrics:
+            console.print(f"[bold]{format_metrics_line(metrics, iou_type)}[/]")
+    if not per_class:
+        return
+    table = Table(title="per-class AP (IoU 0.50:0.95, %)")
+    table.add_column("class")
+    for iou_type in per_class:
+        table.add_column({"bbox": "box AP", "segm": "mask AP"}[iou_type], justify="right")
+    names = next(iter(per_class.values()))
+    for name in names:
+        cells = [per_class[t][name] for t in per_class]
+        table.add_row(name, *("n/a" if v is None else f"{v:.1f}" for v in cells))
+    console.print(table)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from ..tasks.detection.train import train
+
+    cfg = _config(args.config, args.overrides)
+    result = train(cfg, resume=args.resume, force_resume=args.force_resume)
+    from ..engine import is_main
+
+    if is_main() and result["metrics"]:
+        console = _console()
+        _print_results(console, result["metrics"], result["per_class_AP"], ("bbox", "segm"))
+        console.print(f"{result['steps']} steps in {result['train_seconds']:.0f} s; run: {result['run_dir']}")
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from ..configs import resolve_config
+    from ..tasks.detection.evaluate import evaluate_checkpoint
+
+    config = resolve_config(args.config, task="detection") if args.config else None
+    out = evaluate_checkpoint(args.checkpoint, args.overrides, config, args.out, args.trust_checkpoint)
+    if not out.pop("is_main"):
+        return 0
+    if args.json:
+        out.pop("summaries")
+        print(json.dumps(out, indent=1))
+        return 0
+    console = _console()
+    console.print(f"{out['model']} from {out['checkpoint']}, {out['num_images']} images")
+    if out["report"]:
+        console.print(f"[dim]transferred from the mmdet checkpoint:[/]\n{out['report']}")
+    _print_results(console, out["metrics"], out["per_class_AP"], ("bbox", "segm"))
+    if out["results_files"]:
+        console.print(f"results: {', '.join(out['results_files'])}")
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from ..tasks.detection.evaluate import predict_files
+
+    json_path, paths = predict_files(
+        args.checkpoint,
+        args.inputs,
+        args.out,
+        overrides=args.overrides,
+        score_thresh=args.score_thresh,
+        device=args.device,
+        trusted=args.trust_checkpoint,
+    )
+    found = json.loads(Path(json_path).read_text())
+    n = sum(len(v) for v in found.values())
+    print(f"{n} detections (score >= {args.score_thresh}) in {len(paths)} images: {json_path} and PNGs in {args.out}")
+    return 0
+
+
+def _convert(args: argparse.Namespace) -> int:
+    from ..tasks.detection.evaluate import convert_mmdet_to_safetensors
+
+    info = convert_mmdet_to_safetensors(args.src, args.dst, trusted=args.trust_checkpoint)
+    print(
+        f"wrote {info['path']}: {info['model_cfg']['name']} (lda_rule {info['model_cfg']['lda_rule']}), "
+        f"{len(info['class_names'])} classes"
+    )
+    print(info["report"])
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..tasks.detection.train import train
+
+    console = _console()
+    out = Path(args.output_dir)
+    if (out / "checkpoints").exists():
+        raise ValueError(f"{out} already holds a run; remove it or pass --output-dir")
+    overrides = [*(DEMO_QUICK if args.quick else []), *args.overrides, f"train.output_dir={out}"]
+    cfg = _config(DEMO_PRESETS[args.detector], overrides)
+    console.rule(
+        f"[bold]det demo[/]: {cfg['model']['name']} (tiny CrossFormer trunk), {cfg['sched']['epochs']} epochs on the "
+        f"embedded det_demo set at {cfg['model']['min_size']} px, {cfg['train']['threads'] or torch.get_num_threads()} "
+        "CPU thread(s)"
+    )
+    start = time.perf_counter()
+    result = train(cfg)
+    train_wall = time.perf_counter() - start
+    images = _demo_predictions(out, args.num_predictions)
+    wall = time.perf_counter() - start
+    m = result["metrics"]
+    _print_results(console, m, result["per_class_AP"], ("bbox", "segm"))
+    summary = {
+        "detector": cfg["model"]["name"],
+        "box_AP": m.get("bbox/AP"),
+        "box_AP50": m.get("bbox/AP50"),
+        "mask_AP": m.get("segm/AP"),
+        "mask_AP50": m.get("segm/AP50"),
+        "epochs": cfg["sched"]["epochs"],
+        "steps": result["steps"],
+        "train_loop_seconds": round(result["train_seconds"], 1),
+        "train_and_eval_wall_seconds": round(train_wall, 1),
+        "total_wall_seconds": round(wall, 1),
+        "threads": torch.get_num_threads(),
+    }
+    (out / "demo.json").write_text(json.dumps(summary, indent=1))
+    console.print(
+        f"wall time {wall / 60:.1f} min (training and evaluation {train_wall / 60:.1f} min); "
+        f"run: {out}; pictures: {out}/curves.png, {out}/predictions/*.png ({len(images)} images)"
+    )
+    return 0
+
+
+def _demo_predictions(out: Path, count: int) -> list[Path]:
+    """The first ``count`` validation images with their detections, one PNG each plus ``predictions.png`` (a grid)."""
+    if count <= 0:
+        return []
+    import numpy as np
+    from PIL import Image
+
+    from ..data.coco import det_demo_dir
+    from ..tasks.detection.evaluate import predict_files
+
+    val = det_demo_dir() / "val"
+    files = sorted(val.glob("*.png"))[:count]
+    pred_dir = out / "predictions"
+    predict_files(out, [str(f) for f in files], pred_dir, score_thresh=0.3, device="cpu")
+    drawn = [np.asarray(Image.open(pred_dir / f"{f.stem}.png").convert("RGB")) for f in files]
+    cols = min(4, len(drawn))
+    rows = -(-len(drawn) // cols)
+    h, w, _ = drawn[0].shape
+    grid = np.full((rows * (h + 4), cols * (w + 4), 3), 255, dtype=np.uint8)
+    for i, im in enumerate(drawn):
+        r, c = divmod(i, cols)
+        grid[r * (h + 4) : r * (h + 4) + im.shape[0], c * (w + 4) : c * (w + 4) + im.shape[1]] = im
+    Image.fromarray(grid).resize((grid.shape[1] * 2, grid.shape[0] * 2), Image.NEAREST).save(
+        pred_dir / "predictions.png"
+    )
+    return files

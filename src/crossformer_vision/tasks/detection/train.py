@@ -1,0 +1,252 @@
+"""``train(cfg)``: a detection run (RetinaNet / Faster R-CNN / Mask R-CNN) through the shared engine.
+
+The engine does the loop (DDP, AMP, accumulation, checkpoints, exact resume, NaN guard, JSONL metrics); this module
+supplies the data, the detector, AdamW with mmcv's step + linear warm-up schedule (``LambdaLR`` stepped per
+optimizer update), a ``step_fn`` that sums torchvision's loss dict and an ``evaluate_fn`` that runs the sharded COCO
+evaluation. A finished run directory holds::
+
+    config.yaml               the resolved configuration
+    checkpoints/step-*/       the engine's training checkpoints (resume with --resume RUN_DIR)
+    metrics.jsonl             training loss / lr / images per second, and COCO AP after every evaluation
+    final.safetensors         the trained detector with the metadata that rebuilds it (det eval / det predict)
+    best.safetensors          the weights of the best evaluation (box AP)
+    results.json              final metrics, the 12 COCO numbers and per-class AP per IoU type
+    results_bbox.json         detections of the last evaluation in the official COCO results format
+    results_segm.json         (Mask R-CNN) the same for masks
+    curves.png                loss, learning rate and AP curves
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ...data.coco import detection_collate
+from ...engine import (
+    CheckpointManager,
+    LoopConfig,
+    Trainer,
+    config_diff,
+    init_distributed,
+    load_training_checkpoint,
+    save_config,
+    seed_everything,
+    set_deterministic,
+)
+from ...engine.plots import plot_curves
+from .builders import parse_detector_name
+from .config import RESUME_MUST_MATCH, build_model, recipe_from_config, resolved_lr
+from .evaluate import (
+    detection_dataset,
+    evaluate_detector,
+    iou_types_for,
+    load_detector,
+    metrics_report,
+    save_detector,
+    write_coco_results,
+)
+
+__all__ = ["train"]
+
+_TARGET_KEYS = ("boxes", "labels", "masks")
+
+
+def _step_fn(device: torch.device, loss_sums: dict[str, Tensor]):
+    def step(model: nn.Module, batch: tuple[list[Tensor], list[dict[str, Any]]]) -> tuple[Tensor, int]:
+        images, targets = batch
+        images = [im.to(device, non_blocking=True) for im in images]
+        targets = [{k: t[k].to(device, non_blocking=True) for k in _TARGET_KEYS if k in t} for t in targets]
+        losses = model(images, targets)
+        for name, value in losses.items():  # summed without a device sync; read at evaluation time
+            loss_sums[name] = loss_sums.get(name, 0.0) + value.detach().float()
+        loss_sums["_count"] = loss_sums.get("_count", 0) + 1
+        return sum(losses.values()), len(images)
+
+    return step
+
+
+def _check_resume(cfg: Mapping[str, Any], resume: str | Path, force: bool) -> None:
+    ckpt_cfg = load_training_checkpoint(resume)["config"]
+    diff = config_diff(ckpt_cfg, cfg, RESUME_MUST_MATCH)
+    if diff and not force:
+        raise ValueError(
+            "the run configuration differs from the checkpoint's, so the resumed run would not continue the same "
+            "training:\n  " + "\n  ".join(diff) + "\nUse the checkpoint's values (its config.yaml), or pass "
+            "--force-resume to continue with the new ones."
+        )
+
+
+def _load_init(model: nn.Module, init: str, log) -> None:
+    """Start from whole-detector weights: an official mmdet checkpoint, or a ``det train`` run / file. Entries whose
+    shape differs (another class count) keep their initialisation."""
+    path = Path(init)
+    if path.suffix in (".pth", ".pt", ".ckpt"):
+        from ...models.io import read_checkpoint
+        from .weights import load_mmdet_checkpoint
+
+        report = load_mmdet_checkpoint(model, read_checkpoint(path), strict=False)
+        log(f"model.init {path}:\n{report}")
+        return
+    source, _ = load_detector(path)
+    own = model.state_dict()
+    state = {k: v for k, v in source.state_dict().items() if k in own and v.shape == own[k].shape}
+    skipped = sorted(set(own) - set(state))
+    model.load_state_dict(state, strict=False)
+    log(f"model.init {path}: {len(state)} entries loaded" + (f", kept initialised: {skipped}" if skipped else ""))
+
+
+def train(cfg: dict[str, Any], resume: str | Path | None = None, force_resume: bool = False) -> dict[str, Any]:
+    """Train, evaluate and report; returns ``{"metrics", "train_seconds", "steps", "class_names", "run_dir",
+    "per_class_AP"}`` (every process returns them)."""
+    t, m = cfg["train"], cfg["model"]
+    if t["threads"]:
+        torch.set_num_threads(int(t["threads"]))
+    dist = init_distributed(t["device"])
+    seed_everything(t["seed"])  # the same initial weights on every process
+    if t["deterministic"]:
+        set_deterministic(True)
+    if t["batch_size"] < 1:
+        raise ValueError(f"train.batch_size must be >= 1, got {t['batch_size']}")
+    run_dir = Path(t["output_dir"])
+    if resume is not None:
+        _check_resume(cfg, resume, force_resume)
+    elif CheckpointManager(run_dir / "checkpoints").latest() is not None:  # before its config.yaml is overwritten
+        raise ValueError(
+            f"{run_dir} already holds a run; resume it with --resume {run_dir}, or choose another output directory "
+            "(train.output_dir=...)"
+        )
+    if dist.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run_dir / "config.yaml")
+
+    def log(message: str) -> None:
+        if dist.is_main:
+            print(message, flush=True)
+
+    det, _ = parse_detector_name(m["name"])
+    masks = cfg["data"]["masks"] if cfg["data"]["masks"] is not None else det == "maskrcnn"
+    if det == "maskrcnn" and not masks:
+        raise ValueError("Mask R-CNN trains on instance masks: data.masks must be true (or null)")
+    train_ds = detection_dataset(cfg, "train", masks=masks)
+    val_ds = detection_dataset(cfg, "val", masks=False)
+    classes = train_ds.class_names
+    if val_ds.class_names != classes:
+        raise ValueError(
+            f"the training and validation sets have different categories ({len(classes)} vs "
+            f"{len(val_ds.class_names)}): {train_ds.ann_file} / {val_ds.ann_file}"
+        )
+    iou_types = iou_types_for(m["name"], cfg["eval"]["iou_types"])
+
+    model = build_model(m, len(classes), backbone_weights=resume is None)
+    if resume is None and m["init"]:
+        _load_init(model, m["init"], log)
+    elif resume is None and not m["backbone_weights"] and cfg["data"]["dataset"] == "coco":
+        warnings.warn(
+            f"{m['name']}: no model.backbone_weights, so the backbone starts from random weights; the paper's "
+            "recipe starts from ImageNet weights (model.backbone_weights=crossformer-s.pth, or 'timm' for "
+            "swin_t / resnet50)",
+            stacklevel=2,
+        )
+    model.to(dist.device)
+
+    lr = resolved_lr(cfg, dist.world_size)
+    o = cfg["optim"]
+    params = [p for p in model.parameters() if p.requires_grad]  # frozen stages excluded
+    optimizer = torch.optim.AdamW(
+        params,
+        lr=lr,
+        betas=tuple(o["betas"]),
+        eps=o["eps"],
+        weight_decay=o["weight_decay"],
+        **({"fused": True} if o["fused"] else {}),
+    )
+    recipe = recipe_from_config(cfg)
+
+    def scheduler_fn(opt: torch.optim.Optimizer, steps_per_epoch: int):
+        return torch.optim.lr_scheduler.LambdaLR(opt, recipe.lr_lambda(steps_per_epoch))
+
+    loss_sums: dict[str, Any] = {}
+    last_eval: dict[str, Any] = {}
+
+    def evaluate_fn(model_: nn.Module) -> dict[str, float]:
+        metrics, evaluator, merged = evaluate_detector(
+            model_,
+            val_ds,
+            dist,
+            iou_types=iou_types,
+            batch_size=cfg["eval"]["batch_size"],
+            workers=cfg["data"]["workers"],
+            amp=t["amp"],
+            backend=cfg["eval"]["backend"],
+        )
+        last_eval.update(metrics=metrics, evaluator=evaluator, merged=merged)
+        count = loss_sums.pop("_count", 0)
+        for name in sorted(k for k in loss_sums if not k.startswith("_")):  # this process's mean since last time
+            metrics[f"train_{name}"] = float(loss_sums[name]) / max(count, 1)
+        loss_sums.clear()
+        return metrics
+
+    global_batch = t["batch_size"] * dist.world_size
+    trainer = Trainer(
+        model=model,
+        optimizer=optimizer,
+        scheduler_fn=scheduler_fn,
+        train_dataset=train_ds,
+        collate_fn=detection_collate,
+        global_batch=global_batch,
+        step_fn=_step_fn(dist.device, loss_sums),
+        evaluate_fn=evaluate_fn,
+        dist=dist,
+        run_dir=run_dir,
+        config=cfg,
+        loop=LoopConfig(
+            epochs=cfg["sched"]["epochs"],
+            accum_steps=t["accum_steps"],
+            clip_grad=o["clip_grad"],
+            amp=t["amp"],
+            log_every=t["log_every"],
+            eval_every=t["eval_every"],
+            ckpt_every=t["ckpt_every"],
+            keep_last=t["keep_last"],
+            max_steps=t["max_steps"],
+            progress=t["progress"],
+        ),
+        primary_metric="bbox/AP",
+        num_workers=cfg["data"]["workers"],
+        seed=t["seed"],
+    )
+    log(
+        f"{m['name']}: {sum(p.numel() for p in model.parameters()) / 1e6:.1f} M parameters, {len(classes)} classes, "
+        f"{len(train_ds)} training / {len(val_ds)} validation images, {trainer.steps_per_epoch} steps per epoch of "
+        f"{global_batch * t['accum_steps']} images, lr {lr:.3g}"
+    )
+    start = time.perf_counter()
+    metrics = trainer.fit(resume)
+    elapsed = time.perf_counter() - start
+    result: dict[str, Any] = {
+        "metrics": metrics,
+        "train_seconds": elapsed,
+        "steps": trainer.global_step,
+        "class_names": classes,
+        "run_dir": str(run_dir),
+        "per_class_AP": {},
+    }
+    if last_eval:
+        result["per_class_AP"] = metrics_report(last_eval["metrics"], last_eval["evaluator"])["per_class_AP"]
+    if dist.is_main:
+        save_detector(model, run_dir / "final.safetensors", m, classes, source="crossformer det train")
+        report: dict[str, Any] = {"train_seconds": round(elapsed, 1), "steps": trainer.global_step}
+        if last_eval:
+            report.update(metrics_report(last_eval["metrics"], last_eval["evaluator"]))
+            report["metrics"] = {k: round(v, 4) for k, v in metrics.items()}
+            write_coco_results(last_eval["evaluator"], last_eval["merged"], run_dir)
+        (run_dir / "results.json").write_text(json.dumps(report, indent=1))
+        plot_curves(run_dir, run_dir / "curves.png", val_keys=tuple(f"{k}/AP" for k in iou_types))
+    return result
