@@ -3,6 +3,8 @@
 from .attention import MASK_VALUE, GroupAttention
 from .embed import CrossScaleEmbedding, CrossScalePatchMerging, split_channels
 from .grouping import LDA_RULES, GroupLayout, LdaRule, plan_group_layout
+from .linear import fused_linear, set_fused_linear
+from .mlp import Mlp
 from .position_bias import DynamicPositionBias, relative_offsets, relative_position_index
 
 __all__ = [
@@ -14,8 +16,11 @@ __all__ = [
     "GroupAttention",
     "GroupLayout",
     "LdaRule",
+    "Mlp",
+    "fused_linear",
     "plan_group_layout",
     "relative_offsets",
     "relative_position_index",
+    "set_fused_linear",
     "split_channels",
 ]

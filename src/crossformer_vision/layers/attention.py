@@ -10,6 +10,7 @@ from timm.layers import use_fused_attn
 from torch import nn
 
 from .grouping import GroupLayout
+from .linear import fused_linear
 from .position_bias import DynamicPositionBias
 
 __all__ = ["MASK_VALUE", "GroupAttention", "padding_mask"]
@@ -112,7 +113,7 @@ class GroupAttention(nn.Module):
         hp, wp = layout.padded
         heads, hd = self.num_heads, self.head_dim
 
-        qkv = self.qkv(x)
+        qkv = fused_linear(x, self.qkv)
         if layout.needs_padding:
             qkv = F.pad(qkv, (0, 0, 0, wp - W, 0, hp - H))
         # one copy: [B, Hp, Wp, 3C] -> [3, B, groups, heads, N, hd]
@@ -144,4 +145,4 @@ class GroupAttention(nn.Module):
         x = x.reshape(B, rh, rw, ih, iw, heads, gh, gw, hd).permute(0, 1, 6, 3, 2, 7, 4, 5, 8).reshape(B, hp, wp, C)
         if layout.needs_padding:
             x = x[:, :H, :W]
-        return self.proj_drop(self.proj(x))
+        return self.proj_drop(fused_linear(x, self.proj))

@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
-from timm.layers import DropPath, Mlp, trunc_normal_
+from timm.layers import DropPath, trunc_normal_
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 from torch import nn
@@ -32,6 +32,7 @@ from ..layers import (
     CrossScalePatchMerging,
     GroupAttention,
     LdaRule,
+    Mlp,
     plan_group_layout,
 )
 
@@ -78,7 +79,6 @@ class CrossFormerBlock(nn.Module):
         attn_drop: float = 0.0,
         drop_path: float = 0.0,
         use_acl: bool = False,
-        act_layer: Callable[[], nn.Module] = nn.GELU,
         norm_layer: Callable[[int], nn.Module] = nn.LayerNorm,
         fused_attn: bool | None = None,
     ):
@@ -96,7 +96,7 @@ class CrossFormerBlock(nn.Module):
             self.ex_ln = norm_layer(dim)
         self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
         self.norm2 = norm_layer(dim)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=act_layer, drop=proj_drop)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), drop=proj_drop)
 
     def layout(self, height: int, width: int):
         return plan_group_layout(height, width, self.group_size, self.interval, self.long_distance, self.lda_rule)
@@ -133,7 +133,6 @@ class CrossFormerStage(nn.Module):
         drop_path: Sequence[float] = (),
         use_acl: bool = False,
         merge_kernel_sizes: Sequence[int] | None = None,
-        act_layer: Callable[[], nn.Module] = nn.GELU,
         norm_layer: Callable[[int], nn.Module] = nn.LayerNorm,
         fused_attn: bool | None = None,
     ):
@@ -156,7 +155,6 @@ class CrossFormerStage(nn.Module):
                 drop_path=drop_path[i],
                 # CrossFormer++: cool activations after every third block except the last one
                 use_acl=use_acl and (i + 1) % 3 == 0 and i < depth - 1,
-                act_layer=act_layer,
                 norm_layer=norm_layer,
                 fused_attn=fused_attn,
             )
@@ -235,7 +233,6 @@ class CrossFormer(nn.Module):
         use_acl: bool = False,
         lda_rule: LdaRule = "fixed_group",
         patch_norm: bool = True,
-        act_layer: Callable[[], nn.Module] = nn.GELU,
         norm_layer: Callable[[int], nn.Module] = nn.LayerNorm,
         fused_attn: bool | None = None,
     ):
@@ -292,7 +289,6 @@ class CrossFormer(nn.Module):
                     drop_path=dpr[sum(depths[:i]) : sum(depths[: i + 1])],
                     use_acl=use_acl,
                     merge_kernel_sizes=merge_kernel_sizes[i] if i < num_stages - 1 else None,
-                    act_layer=act_layer,
                     norm_layer=norm_layer,
                     fused_attn=fused_attn,
                 )

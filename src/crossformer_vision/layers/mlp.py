@@ -1,0 +1,33 @@
+"""The transformer MLP: ``Linear -> GELU -> Dropout -> Linear -> Dropout`` (keys ``fc1`` / ``fc2``)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .linear import fused_linear
+
+__all__ = ["Mlp"]
+
+
+class Mlp(nn.Module):
+    """Two-layer GELU MLP; on CPU inference ``fc1`` and GELU run as one fused oneDNN kernel.
+
+    Args:
+        dim: Input and output channels.
+        hidden_dim: Hidden channels.
+        drop: Dropout after the activation and after ``fc2``.
+    """
+
+    def __init__(self, dim: int, hidden_dim: int, drop: float = 0.0):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden_dim)
+        self.act = nn.GELU()
+        self.drop1 = nn.Dropout(drop)
+        self.fc2 = nn.Linear(hidden_dim, dim)
+        self.drop2 = nn.Dropout(drop)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """[..., C] -> [..., C]."""
+        x = self.drop1(fused_linear(x, self.fc1, gelu=True))
+        return self.drop2(fused_linear(x, self.fc2))
