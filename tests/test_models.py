@@ -258,3 +258,27 @@ def test_model_outputs_agree_with_and_without_fused_linear():
         finally:
             set_fused_linear(True)
     torch.testing.assert_close(fused, plain, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("hw", [(32, 32), (37, 50)])
+def test_direct_and_unshuffled_cross_scale_convs_agree_in_values_and_gradients(hw):
+    from crossformer_vision.layers import CrossScaleEmbedding, CrossScalePatchMerging
+
+    torch.manual_seed(0)
+    for layer, x in (
+        (CrossScaleEmbedding(3, 32), torch.randn(2, 3, *hw)),
+        (CrossScalePatchMerging(16, 32), torch.randn(2, hw[0] // 4, hw[1] // 4, 16)),
+    ):
+        results = []
+        for impl in ("direct", "unshuffle"):
+            layer.conv_impl = impl
+            layer.zero_grad()
+            xi = x.clone().requires_grad_(True)
+            y = layer(xi)
+            (y * torch.linspace(-1, 1, y.numel()).view_as(y)).sum().backward()
+            results.append((y, xi.grad, [p.grad.clone() for p in layer.parameters()]))
+        (y0, gx0, gp0), (y1, gx1, gp1) = results
+        torch.testing.assert_close(y0, y1, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(gx0, gx1, atol=1e-5, rtol=1e-5)
+        for a, b in zip(gp0, gp1):
+            torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)

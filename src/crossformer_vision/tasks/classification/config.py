@@ -41,6 +41,9 @@ DEFAULTS: dict[str, Any] = {
         "val_limit": None,
         "workers": 8,
         "on_error": "skip",  # unreadable images: "skip" (warn and count) or "raise"
+        # embedded data only: crop, flip, resize and normalise whole batches as tensors instead of timm's per-image
+        # PIL transforms (same crop/flip distribution; no RandAugment, colour jitter or random erasing)
+        "batch_transforms": False,
     },
     "aug": {
         "scale": [0.08, 1.0],  # RandomResizedCrop

@@ -11,8 +11,55 @@ from torch.utils.data import Dataset, Subset
 from ...data.fashion_mnist import CLASS_NAMES as FASHION_CLASSES
 from ...data.fashion_mnist import FashionMNIST
 from ...data.folder import ImageFolderDataset, collate_skipping
+from ...data.tensor_pipeline import BatchWarpCollate, TensorImageDataset
 
-__all__ = ["build_datasets", "build_transform", "collate_skipping", "data_config"]
+__all__ = ["build_datasets", "build_transform", "collate_for", "collate_skipping", "data_config"]
+
+
+def collate_for(dataset: Dataset) -> Callable:
+    """The collate function of a dataset's batches (tensor-pipeline datasets carry their own)."""
+    return getattr(dataset, "collate_fn", None) or collate_skipping
+
+
+def _check_batch_transforms(cfg: dict[str, Any], dcfg: dict[str, Any]) -> None:
+    d, a = cfg["data"], cfg["aug"]
+    if d["dataset"] != "fashion_mnist":
+        raise ValueError(
+            f"data.batch_transforms works on the embedded in-memory data only (data.dataset=fashion_mnist), not "
+            f"{d['dataset']!r}: set data.batch_transforms=false"
+        )
+    unsupported = [
+        f"aug.{k}={a[k]!r}" for k in ("auto_augment", "color_jitter", "reprob") if a[k] not in (None, 0, 0.0, "")
+    ]
+    if unsupported:
+        raise ValueError(
+            f"data.batch_transforms does crops, flips and resizing only; {', '.join(unsupported)} need timm's "
+            "per-image transforms: switch them off or set data.batch_transforms=false"
+        )
+    if dcfg["crop_pct"] != 1.0:
+        raise ValueError(
+            "data.batch_transforms evaluates on the whole image (data.crop_pct=1.0), "
+            f"got data.crop_pct={dcfg['crop_pct']}"
+        )
+    if dcfg["interpolation"] != "bilinear":
+        raise ValueError(
+            f"data.batch_transforms resamples bilinearly; set data.interpolation=bilinear "
+            f"(got {dcfg['interpolation']!r})"
+        )
+
+
+def _tensor_datasets(cfg: dict[str, Any], dcfg: dict[str, Any], train: bool) -> tuple[Dataset | None, Dataset]:
+    _check_batch_transforms(cfg, dcfg)
+    d, a = cfg["data"], cfg["aug"]
+    collate = BatchWarpCollate(dcfg["input_size"][1:], dcfg["mean"], dcfg["std"])
+    train_ds = None
+    if train:
+        raw = FashionMNIST(d["root"], "train", limit=d["train_limit"])
+        train_ds = TensorImageDataset(
+            raw.data, raw.targets, True, scale=a["scale"], ratio=a["ratio"], hflip=a["hflip"], collate_fn=collate
+        )
+    raw = FashionMNIST(d["root"], "test", limit=d["val_limit"])
+    return train_ds, TensorImageDataset(raw.data, raw.targets, False, collate_fn=collate)
 
 
 def data_config(cfg: dict[str, Any], model_cfg: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -60,6 +107,9 @@ def build_datasets(
 ) -> tuple[Dataset | None, Dataset, list[str]]:
     """``(train dataset or None, evaluation dataset, class names)``."""
     d = cfg["data"]
+    if d.get("batch_transforms"):
+        train_ds, val_ds = _tensor_datasets(cfg, dcfg, train)
+        return train_ds, val_ds, list(FASHION_CLASSES)
     eval_tf = build_transform(cfg, dcfg, train=False)
     if d["dataset"] == "fashion_mnist":
         train_ds = (

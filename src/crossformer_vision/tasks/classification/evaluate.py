@@ -41,7 +41,7 @@ def evaluate_classifier(
         batch_size=batch_size,
         sampler=EvalShardSampler(len(dataset), dist.rank, dist.world_size),  # type: ignore[arg-type]
         num_workers=workers,
-        collate_fn=collate_skipping,
+        collate_fn=getattr(dataset, "collate_fn", None) or collate_skipping,
         generator=torch.Generator(),
     )
     was_training = model.training

@@ -28,7 +28,7 @@ from ...engine import (
 from ...engine.plots import plot_confusion, plot_curves
 from ...models.io import atomic_save_safetensors
 from .config import DROP_PATH, resolved_lr
-from .data import build_datasets, collate_skipping, data_config
+from .data import build_datasets, collate_for, data_config
 from .evaluate import evaluate_classifier, per_class_accuracy
 from .model import build_classifier
 
@@ -39,6 +39,7 @@ RESUME_MUST_MATCH = (
     "model.",
     "data.dataset",
     "data.img_size",
+    "data.batch_transforms",
     "data.train_limit",
     "train.batch_size",
     "train.accum_steps",
@@ -168,7 +169,7 @@ def train(cfg: dict[str, Any], resume: str | Path | None = None, force_resume: b
         optimizer=optimizer,
         scheduler_fn=scheduler_fn,
         train_dataset=train_ds,
-        collate_fn=collate_skipping,
+        collate_fn=collate_for(train_ds),
         global_batch=t["batch_size"] * dist.world_size,
         step_fn=_step_fn(mixup, _criterion(cfg, mixup), dist.device, skipped),
         evaluate_fn=evaluate_fn,
