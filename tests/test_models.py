@@ -282,3 +282,28 @@ def test_direct_and_unshuffled_cross_scale_convs_agree_in_values_and_gradients(h
         torch.testing.assert_close(gx0, gx1, atol=1e-5, rtol=1e-5)
         for a, b in zip(gp0, gp1):
             torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("hw", [(64, 64), (64, 96), (37, 50)])
+def test_grouped_token_sdpa_path_equals_the_qkv_grouping_path(hw, monkeypatch):
+    from crossformer_vision.layers.attention import GroupAttention
+
+    torch.manual_seed(0)
+    model = cf.create_model("crossformer_s", group_size=(4, 4, 2, 1), crs_interval=(2, 2, 1, 1), **TINY).eval()
+    x = torch.randn(2, 3, *hw)
+    taken = []
+    original = GroupAttention._forward_grouped_tokens
+
+    def spy(self, *args):
+        taken.append(True)
+        return original(self, *args)
+
+    monkeypatch.setattr(GroupAttention, "_forward_grouped_tokens", spy)
+    with torch.no_grad():
+        monkeypatch.setattr(GroupAttention, "_group_tokens_first", False)
+        ref = model(x)
+        assert not taken
+        monkeypatch.setattr(GroupAttention, "_group_tokens_first", True)
+        out = model(x)
+    assert taken  # at least the unpadded layers took the grouped-token path
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)

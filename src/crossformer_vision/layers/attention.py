@@ -102,12 +102,47 @@ class GroupAttention(nn.Module):
             return bias
         return bias.unsqueeze(0) + padding_mask(layout, dtype, bias.device)[:, None, None, :]
 
+    # SDPA without padding: group the C input channels (one copy) instead of the 3C qkv channels (set False to compare)
+    _group_tokens_first = True
+
+    def _sdpa_without_padding(self, x: torch.Tensor, layout: GroupLayout) -> bool:
+        if layout.needs_padding or not self.fused_attn:
+            return False
+        # on CPU a position bias that needs a gradient takes the explicit path (see forward)
+        bias_grad = torch.is_grad_enabled() and self.pos.pos_proj.weight.requires_grad
+        return not (bias_grad and x.device.type == "cpu")
+
+    def _forward_grouped_tokens(self, x: torch.Tensor, layout: GroupLayout) -> torch.Tensor:
+        """The SDPA path for maps that need no padding, with two copies of C channels instead of 3C + C.
+
+        The normalised tokens are grouped once, ``qkv`` runs on the grouped tokens, q / k / v are strided views of its
+        output (SDPA's kernels take strided inputs), SDPA's output is already laid out token-major, so ``proj`` runs on
+        it without a copy, and its output is ungrouped once.
+        """
+        B, H, W, C = x.shape
+        (rh, rw), (gh, gw), (ih, iw) = layout.regions, layout.group, layout.interval
+        heads, hd = self.num_heads, self.head_dim
+        bg, n = B * layout.num_groups, gh * gw
+        # [B, H, W, C] -> [B * groups, N, C], groups ordered (rh, rw, ih, iw) and members (gh, gw) like the bias
+        x = x.view(B, rh, gh, ih, rw, gw, iw, C).permute(0, 1, 4, 3, 6, 2, 5, 7).reshape(bg, n, C)
+        qkv = fused_linear(x, self.qkv)
+        q, k, v = qkv.view(bg, n, 3, heads, hd).permute(2, 0, 3, 1, 4).unbind(0)  # [B * groups, heads, N, hd] views
+        mask = self.attention_mask(layout, qkv.dtype).unsqueeze(0)
+        x = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, dropout_p=self.attn_drop.p if self.training else 0.0, scale=self.scale
+        )
+        x = fused_linear(x.transpose(1, 2).reshape(bg, n, C), self.proj)
+        x = x.view(B, rh, rw, ih, iw, gh, gw, C).permute(0, 1, 5, 3, 2, 6, 4, 7).reshape(B, H, W, C)
+        return self.proj_drop(x)
+
     def train(self, mode: bool = True) -> GroupAttention:
         self._mask_cache.clear()  # training changes the weights: free what inference cached
         return super().train(mode)
 
     def forward(self, x: torch.Tensor, layout: GroupLayout) -> torch.Tensor:
         """[B, H, W, C] normalised tokens -> [B, H, W, C]."""
+        if self._group_tokens_first and self._sdpa_without_padding(x, layout):
+            return self._forward_grouped_tokens(x, layout)
         B, H, W, C = x.shape
         (rh, rw), (gh, gw), (ih, iw) = layout.regions, layout.group, layout.interval
         hp, wp = layout.padded
