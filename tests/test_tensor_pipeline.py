@@ -8,13 +8,11 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from timm.data import create_transform
-from timm.data.transforms import RandomResizedCropAndInterpolation
 
 from crossformer_vision.data.tensor_pipeline import (
     BatchWarpCollate,
     TensorImageDataset,
     crop_flip_theta,
-    random_resized_crop_box,
 )
 from crossformer_vision.tasks.classification.config import DEFAULTS
 from crossformer_vision.tasks.classification.data import build_datasets, collate_for, data_config
@@ -23,16 +21,32 @@ from train_utils import TINY_RUN, run_cli, weights
 MEAN, STD = (0.3, 0.3, 0.3), (0.35, 0.35, 0.35)
 
 
-@pytest.mark.parametrize(
-    "scale,ratio", [((0.08, 1.0), (3 / 4, 4 / 3)), ((0.85, 1.0), (0.9, 1.1)), ((1.0, 1.0), (2, 3))]
-)
-def test_crop_boxes_follow_timm_draw_for_draw(scale, ratio):
-    image = Image.new("L", (28, 28))
-    random.seed(7)
-    theirs = [RandomResizedCropAndInterpolation.get_params(image, scale, ratio) for _ in range(300)]
-    random.seed(7)
-    ours = [random_resized_crop_box(28, 28, scale, ratio) for _ in range(300)]
-    assert ours == theirs
+@pytest.mark.parametrize("scale,ratio,hflip", [((0.08, 1.0), (3 / 4, 4 / 3), 0.5), ((0.85, 1.0), (0.9, 1.1), 0.3)])
+def test_training_samples_get_the_crop_and_flip_of_timms_pipeline(scale, ratio, hflip):
+    """Seeded like the trainer seeds a sample, the batched path warps exactly what timm's transforms would crop."""
+    # a smooth image, so that resampling differences at crop borders stay small next to any wrong crop or flip
+    smooth = F.interpolate(torch.rand(1, 1, 4, 4, generator=torch.Generator().manual_seed(3)), size=28, mode="bicubic")
+    image = (smooth.clamp(0, 1)[0, 0] * 255).round().to(torch.uint8)
+    ds = TensorImageDataset(image[None], [0], train=True, scale=scale, ratio=ratio, hflip=hflip)
+    collate = BatchWarpCollate(32, MEAN, STD)
+    tf = create_transform(
+        input_size=(3, 32, 32), is_training=True, scale=scale, ratio=ratio, hflip=hflip, interpolation="bilinear",
+        mean=MEAN, std=STD, auto_augment=None, color_jitter=None, re_prob=0.0,
+    )  # fmt: skip
+    pil = Image.fromarray(image.numpy()).convert("RGB")
+    same, other = [], []
+    for seed in range(40):
+        random.seed(seed)
+        torch.manual_seed(seed)
+        ours = collate([ds[0]])["images"][0]
+        random.seed(seed)
+        torch.manual_seed(seed)
+        same.append((tf(pil) - ours).abs().mean().item())
+        random.seed(seed + 1000)
+        torch.manual_seed(seed + 1000)
+        other.append((tf(pil) - ours).abs().mean().item())
+    assert max(same) < 0.05, max(same)
+    assert sorted(other)[len(other) // 2] > 4 * max(same)  # a different draw is far off
 
 
 def _images(n=6, seed=0):
@@ -70,8 +84,10 @@ def test_training_samples_are_seeded_per_sample_and_cover_crops_and_flips():
     images = _images(1)
     ds = TensorImageDataset(images, [3], train=True, scale=(0.5, 1.0), ratio=(0.8, 1.25), hflip=0.5)
     random.seed(1)
+    torch.manual_seed(1)
     first = [ds[0][0][1] for _ in range(50)]
     random.seed(1)
+    torch.manual_seed(1)
     again = [ds[0][0][1] for _ in range(50)]
     assert all(torch.equal(a, b) for a, b in zip(first, again))
     flips = sum(bool(t[0, 0] < 0) for t in first)

@@ -4,9 +4,10 @@ timm's transforms run per sample on PIL images: about a millisecond per 28x28 im
 costs more than the small demo models' own training step. For an in-memory set of small grey images this module
 does the same work on whole batches instead:
 
-* each sample draws its random-resized-crop box and flip exactly as timm's ``RandomResizedCropAndInterpolation``
-  and ``RandomHorizontalFlip`` do (the same distribution, the same Python RNG, seeded per sample by the trainer's
-  sampler), and is returned as the raw ``uint8`` image plus a 2x3 affine matrix;
+* each sample draws its crop box with timm's ``RandomResizedCropAndInterpolation.get_params`` and its flip with
+  ``torch.rand(1) < p`` as ``RandomHorizontalFlip`` does, in the order of timm's training pipeline, so a sample seeded
+  by the trainer's sampler gets the crop and flip it would get from timm's per-image transforms; it is returned as
+  the raw ``uint8`` image plus a 2x3 affine matrix;
 * the collate function warps every image of the batch by its matrix to the output size in one ``grid_sample``
   (bilinear, edge pixels repeated, as PIL does when it enlarges), repeats the grey channel three times and
   normalises.
@@ -18,41 +19,16 @@ and random erasing need timm's per-sample pipeline. The warp enlarges or keeps t
 
 from __future__ import annotations
 
-import math
-import random
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from timm.data.transforms import RandomResizedCropAndInterpolation
 from torch.utils.data import Dataset
 
-__all__ = ["BatchWarpCollate", "TensorImageDataset", "crop_flip_theta", "random_resized_crop_box"]
-
-
-def random_resized_crop_box(
-    height: int, width: int, scale: Sequence[float], ratio: Sequence[float]
-) -> tuple[int, int, int, int]:
-    """``(top, left, h, w)`` of a random crop, drawn like torchvision's / timm's ``RandomResizedCrop.get_params``."""
-    area = height * width
-    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
-    for _ in range(10):
-        target_area = area * random.uniform(scale[0], scale[1])
-        aspect = math.exp(random.uniform(*log_ratio))
-        w = round(math.sqrt(target_area * aspect))
-        h = round(math.sqrt(target_area / aspect))
-        if 0 < w <= width and 0 < h <= height:
-            return random.randint(0, height - h), random.randint(0, width - w), h, w
-    # fallback: the central crop with the aspect ratio clamped into range
-    in_ratio = width / height
-    if in_ratio < min(ratio):
-        w, h = width, round(width / min(ratio))
-    elif in_ratio > max(ratio):
-        h, w = height, round(height * max(ratio))
-    else:
-        w, h = width, height
-    return (height - h) // 2, (width - w) // 2, h, w
+__all__ = ["BatchWarpCollate", "TensorImageDataset", "crop_flip_theta"]
 
 
 def crop_flip_theta(height: int, width: int, box: tuple[int, int, int, int], flip: bool) -> torch.Tensor:
@@ -87,7 +63,7 @@ class TensorImageDataset(Dataset):
         collate_fn: BatchWarpCollate | None = None,
     ):
         self.collate_fn = collate_fn
-        self.images = torch.as_tensor(np.asarray(images)) if not isinstance(images, torch.Tensor) else images
+        self.images = torch.as_tensor(images)
         if self.images.ndim != 3 or self.images.dtype != torch.uint8:
             raise ValueError(f"expected [N, H, W] uint8 images, got {self.images.dtype} {tuple(self.images.shape)}")
         if len(targets) != len(self.images):
@@ -104,10 +80,9 @@ class TensorImageDataset(Dataset):
         image = self.images[index]
         if not self.train:
             return (image, self._identity), self.targets[index]
-        h, w = image.shape
-        box = random_resized_crop_box(h, w, self.scale, self.ratio)
-        flip = self.hflip > 0 and random.random() < self.hflip
-        return (image, crop_flip_theta(h, w, box, flip)), self.targets[index]
+        box = RandomResizedCropAndInterpolation.get_params(image, self.scale, self.ratio)
+        flip = self.hflip > 0 and bool(torch.rand(1) < self.hflip)
+        return (image, crop_flip_theta(*image.shape, box, flip)), self.targets[index]
 
 
 class BatchWarpCollate:
@@ -131,5 +106,5 @@ class BatchWarpCollate:
         labels = torch.tensor([s[1] for s in samples], dtype=torch.long)
         grid = F.affine_grid(theta, [len(samples), 1, *self.size], align_corners=False)
         out = F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
-        out = ((out - self.mean) / self.std).contiguous()  # [B, 1, S, S] grey -> [B, 3, S, S]
+        out = (out - self.mean) / self.std  # [B, 1, S, S] grey -> [B, 3, S, S]
         return {"images": out, "labels": labels, "skipped": []}

@@ -105,12 +105,11 @@ class GroupAttention(nn.Module):
     # SDPA without padding: group the C input channels (one copy) instead of the 3C qkv channels (set False to compare)
     _group_tokens_first = True
 
-    def _sdpa_without_padding(self, x: torch.Tensor, layout: GroupLayout) -> bool:
-        if layout.needs_padding or not self.fused_attn:
-            return False
-        # on CPU a position bias that needs a gradient takes the explicit path (see forward)
-        bias_grad = torch.is_grad_enabled() and self.pos.pos_proj.weight.requires_grad
-        return not (bias_grad and x.device.type == "cpu")
+    def _use_sdpa(self, x: torch.Tensor) -> bool:
+        # on CPU, SDPA cannot differentiate a float mask in its fused kernel and falls back to a math path slower than
+        # the explicit one: use the fused kernel there only when the position bias needs no gradient
+        bias_grad = torch.is_grad_enabled() and any(p.requires_grad for p in self.pos.parameters())
+        return self.fused_attn and not (bias_grad and x.device.type == "cpu")
 
     def _forward_grouped_tokens(self, x: torch.Tensor, layout: GroupLayout) -> torch.Tensor:
         """The SDPA path for maps that need no padding, with two copies of C channels instead of 3C + C.
@@ -141,7 +140,8 @@ class GroupAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, layout: GroupLayout) -> torch.Tensor:
         """[B, H, W, C] normalised tokens -> [B, H, W, C]."""
-        if self._group_tokens_first and self._sdpa_without_padding(x, layout):
+        use_sdpa = self._use_sdpa(x)
+        if use_sdpa and self._group_tokens_first and not layout.needs_padding:
             return self._forward_grouped_tokens(x, layout)
         B, H, W, C = x.shape
         (rh, rw), (gh, gw), (ih, iw) = layout.regions, layout.group, layout.interval
@@ -165,9 +165,7 @@ class GroupAttention(nn.Module):
             q, k, v = qkv.reshape(3, B, groups * heads, n, hd).unbind(0)
             mask = mask.reshape(1, groups * heads, n, n)
 
-        # on CPU, SDPA cannot differentiate a float mask in its fused kernel and falls back to a math path slower
-        # than the explicit one below: use the fused kernel there only when the bias needs no gradient
-        if self.fused_attn and not (mask.requires_grad and q.device.type == "cpu"):
+        if use_sdpa:
             x = F.scaled_dot_product_attention(
                 q, k, v, attn_mask=mask, dropout_p=self.attn_drop.p if self.training else 0.0, scale=self.scale
             )

@@ -11,10 +11,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from ...data.folder import collate_skipping
 from ...engine.distributed import DistInfo, all_reduce_sum
 from ...engine.sampling import EvalShardSampler
 from ...engine.trainer import autocast_context
+from .data import collate_for
 
 __all__ = ["evaluate_classifier", "per_class_accuracy"]
 
@@ -41,7 +41,7 @@ def evaluate_classifier(
         batch_size=batch_size,
         sampler=EvalShardSampler(len(dataset), dist.rank, dist.world_size),  # type: ignore[arg-type]
         num_workers=workers,
-        collate_fn=getattr(dataset, "collate_fn", None) or collate_skipping,
+        collate_fn=collate_for(dataset),
         generator=torch.Generator(),
     )
     was_training = model.training
