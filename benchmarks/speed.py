@@ -8,8 +8,10 @@ large-input scaling table. Results are also written as JSON (``--out``).
 * ``reference``: ``tests/reference_crossformer.py``, the straightforward math of the official code (explicit
   padding, masks and reshapes; position bias recomputed in every call) on the same weights.
 * ``timm``: swin_tiny / deit_small / resnet50 from timm.
-* Every row runs with PyTorch's CPU allocator on transparent huge pages (``THP_MEM_ALLOC_ENABLE=1``, what the
-  ``crossformer`` CLI sets); one extra row shows CrossFormer-S with ordinary 4 KiB pages.
+* Every row runs with the memory setting of the ``crossformer`` CLI: PyTorch's CPU allocator on transparent huge
+  pages (``THP_MEM_ALLOC_ENABLE=1``). Extra rows show CrossFormer-S with the default allocator (4 KiB pages), as a
+  plain script gets it, and training with the CLI's opt-in ``CROSSFORMER_KEEP_FREED_MEMORY=1`` (glibc's ``malloc``
+  keeps freed memory: fewer page faults, more peak RSS; ``crossformer_vision.engine.allocator``).
 * ``official``: numbers measured with the unmodified official code on this machine type (not re-run here;
   ``benchmarks/official_baseline.json``).
 
@@ -102,6 +104,10 @@ def worker(spec: dict) -> dict:
     import torch
 
     torch.set_num_threads(spec["threads"])
+    if spec.get("keep_freed"):
+        from crossformer_vision.engine.allocator import keep_freed_memory
+
+        keep_freed_memory()
     torch.manual_seed(0)
     model = _build(spec)
     size, batch, mode = spec["size"], spec["batch"], spec["mode"]
@@ -158,7 +164,7 @@ def worker(spec: dict) -> dict:
 def run_spec(spec: dict) -> dict:
     env = dict(os.environ, OMP_NUM_THREADS=str(spec["threads"]))
     # huge pages for PyTorch's CPU allocator (what the `crossformer` CLI sets), for every row alike
-    env["THP_MEM_ALLOC_ENABLE"] = "1" if spec.get("thp", True) else "0"
+    env["THP_MEM_ALLOC_ENABLE"] = "1" if spec.get("cli_memory", True) else "0"
     proc = subprocess.run(
         [sys.executable, __file__, "--worker", json.dumps(spec)], capture_output=True, text=True, env=env, timeout=3600
     )
@@ -222,6 +228,45 @@ def agreement(threads: int, images: int) -> dict:
     }
 
 
+def targets(result: dict, official: dict, peak32: float) -> list[str]:
+    """The issue's targets, each with this run's figure next to it."""
+
+    def find(section: str, model: str, mode: str) -> dict:
+        return next((r for r in result[section] if r["model"] == model and r["mode"] == mode), {})
+
+    def pct(r: dict) -> float:
+        return 100 * r.get("img_per_s", 0) * 2 * r.get("macs", 0) / 1e9 / peak32
+
+    lines = ["targets (issue 3) against this run:"]
+    for v, goal in (("crossformer_s", 85), ("crossformer_t", 80), ("crossformer_b", 80), ("crossformerpp_s", 80)):
+        r = find("inference", f"ours {v}", "fp32")
+        if r:
+            lines.append(f"  {v} fp32 inference: {pct(r):.0f} % of the fp32 matmul peak (target >= {goal} %)")
+    base = official["inference_bs32_img_per_s"]["crossformer_s"]
+    agree = result.get("agreement", {})
+    for mode, key in (("bf16-autocast", "bf16_autocast_top1_agreement"), ("bf16-model", "bf16_model_top1_agreement")):
+        r = find("inference", "ours crossformer_s", mode)
+        if r:
+            lines.append(
+                f"  crossformer_s {mode}: {r['img_per_s'] / base:.2f}x the official fp32 figure (target >= 2.5x), "
+                f"top-1 agreement {agree.get(key, float('nan')):.1f} % (target >= 99 %)"
+            )
+    plain = find("training", "ours crossformer_s", "fp32")
+    ckpt = find("training", "ours crossformer_s + grad ckpt", "fp32")
+    if plain.get("seconds"):
+        step = official["train_bs16_s_per_step"]["crossformer_s"]
+        lines.append(
+            f"  training fp32 batch 16: {step / plain['seconds']:.2f}x faster than the official step (target >= 1.2x), "
+            f"peak RSS {plain['peak_rss_gib']:.2f} GiB (target <= 3.0 GiB)"
+        )
+        if ckpt.get("seconds"):
+            lines.append(
+                f"  gradient checkpointing: peak RSS {100 * ckpt['peak_rss_gib'] / plain['peak_rss_gib']:.0f} % of the "
+                f"plain step's (target <= 60 %), {ckpt['seconds'] / plain['seconds']:.2f}x its time (target <= 1.4x)"
+            )
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
@@ -258,8 +303,8 @@ def main() -> None:
     rows.append(
         (
             "ours crossformer_s",
-            {"mode": "fp32, 4 KiB pages"},
-            run_spec({**inf, "kind": "ours", "name": "crossformer_s", "mode": "fp32", "thp": False}),
+            {"mode": "fp32, default allocator"},
+            run_spec({**inf, "kind": "ours", "name": "crossformer_s", "mode": "fp32", "cli_memory": False}),
         )
     )
     for v in ["crossformer_s"] if args.quick else ["crossformer_s", "crossformerpp_s"]:
@@ -280,6 +325,16 @@ def main() -> None:
             "ours crossformer_s",
             {"mode": "fp32"},
             run_spec({**train, "kind": "ours", "name": "crossformer_s", "mode": "fp32"}),
+        ),
+        (
+            "ours crossformer_s",
+            {"mode": "fp32, default allocator"},
+            run_spec({**train, "kind": "ours", "name": "crossformer_s", "mode": "fp32", "cli_memory": False}),
+        ),
+        (
+            "ours crossformer_s",
+            {"mode": "fp32, keep freed memory"},
+            run_spec({**train, "kind": "ours", "name": "crossformer_s", "mode": "fp32", "keep_freed": True}),
         ),
         (
             "ours crossformer_s + grad ckpt",
@@ -373,6 +428,9 @@ def main() -> None:
         f"fixture-style random weights): autocast {agree['bf16_autocast_top1_agreement']:.1f} %, "
         f"bf16 weights {agree['bf16_model_top1_agreement']:.1f} %"
     )
+    result["targets"] = targets(result, official, peak32)
+    for line in result["targets"]:
+        console.print(line)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     result["date"] = time.strftime("%Y-%m-%d")

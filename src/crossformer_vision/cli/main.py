@@ -46,11 +46,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from ..engine.allocator import keep_freed_memory, keep_freed_memory_requested
     from ..engine.checkpoint import CheckpointWriteError
     from ..engine.distributed import cleanup
     from ..engine.trainer import TrainingDivergedError
 
     args = build_parser().parse_args(argv)
+    if keep_freed_memory_requested():  # opt-in: faster steps for more peak memory (engine/allocator.py)
+        keep_freed_memory()
     try:
         return int(args._run(args) or 0)
     except (

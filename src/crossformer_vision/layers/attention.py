@@ -12,6 +12,7 @@ from torch import nn
 from .grouping import GroupLayout
 from .linear import fused_linear
 from .position_bias import DynamicPositionBias
+from .recompute import norm_linear
 
 __all__ = ["MASK_VALUE", "GroupAttention", "padding_mask"]
 
@@ -138,17 +139,18 @@ class GroupAttention(nn.Module):
         self._mask_cache.clear()  # training changes the weights: free what inference cached
         return super().train(mode)
 
-    def forward(self, x: torch.Tensor, layout: GroupLayout) -> torch.Tensor:
-        """[B, H, W, C] normalised tokens -> [B, H, W, C]."""
+    def forward(self, x: torch.Tensor, layout: GroupLayout, norm: nn.Module | None = None) -> torch.Tensor:
+        """[B, H, W, C] normalised tokens -> [B, H, W, C]; with ``norm``, the tokens are normalised by it first (in
+        training the normalised tokens are then recomputed for the backward pass instead of kept)."""
         use_sdpa = self._use_sdpa(x)
         if use_sdpa and self._group_tokens_first and not layout.needs_padding:
-            return self._forward_grouped_tokens(x, layout)
+            return self._forward_grouped_tokens(x if norm is None else norm(x), layout)
         B, H, W, C = x.shape
         (rh, rw), (gh, gw), (ih, iw) = layout.regions, layout.group, layout.interval
         hp, wp = layout.padded
         heads, hd = self.num_heads, self.head_dim
 
-        qkv = fused_linear(x, self.qkv)
+        qkv = fused_linear(x, self.qkv) if norm is None else norm_linear(x, norm, self.qkv)
         if layout.needs_padding:
             qkv = F.pad(qkv, (0, 0, 0, wp - W, 0, hp - H))
         # one copy: [B, Hp, Wp, 3C] -> [3, B, groups, heads, N, hd]
@@ -170,7 +172,8 @@ class GroupAttention(nn.Module):
                 q, k, v, attn_mask=mask, dropout_p=self.attn_drop.p if self.training else 0.0, scale=self.scale
             )
         else:
-            attn = (q * self.scale) @ k.transpose(-2, -1) + mask
+            # mask + scale * q k^T in one pass (no scaled copy of q kept for the backward pass)
+            attn = torch.add(mask, q @ k.transpose(-2, -1), alpha=self.scale)
             attn = self.attn_drop(attn.softmax(dim=-1))
             x = attn @ v
 

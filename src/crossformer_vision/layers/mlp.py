@@ -6,12 +6,16 @@ import torch
 from torch import nn
 
 from .linear import fused_linear
+from .recompute import gelu_linear, norm_linear, recompute_enabled
 
 __all__ = ["Mlp"]
 
 
 class Mlp(nn.Module):
     """Two-layer GELU MLP; on CPU inference ``fc1`` and GELU run as one fused oneDNN kernel.
+
+    In training the GELU output is not kept for the backward pass but recomputed (:mod:`.recompute`), and so is the
+    output of a LayerNorm passed as ``norm``.
 
     Args:
         dim: Input and output channels.
@@ -27,7 +31,12 @@ class Mlp(nn.Module):
         self.fc2 = nn.Linear(hidden_dim, dim)
         self.drop2 = nn.Dropout(drop)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """[..., C] -> [..., C]."""
+    def forward(self, x: torch.Tensor, norm: nn.Module | None = None) -> torch.Tensor:
+        """[..., C] -> [..., C]; with ``norm``, ``x`` is normalised by it first."""
+        if recompute_enabled(x) and not (self.training and self.drop1.p > 0):
+            h = self.fc1(x) if norm is None else norm_linear(x, norm, self.fc1)
+            return self.drop2(gelu_linear(h, self.fc2))
+        if norm is not None:
+            x = norm(x)
         x = self.drop1(fused_linear(x, self.fc1, gelu=True))
         return self.drop2(fused_linear(x, self.fc2))

@@ -104,8 +104,8 @@ class CrossFormerBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """[B, H, W, C] -> [B, H, W, C]."""
         layout = self.layout(x.shape[1], x.shape[2])
-        x = x + self.drop_path(self.attn(self.norm1(x), layout))
-        x = x + self.drop_path(self.mlp(self.norm2(x)))
+        x = x + self.drop_path(self.attn(x, layout, norm=self.norm1))
+        x = x + self.drop_path(self.mlp(x, norm=self.norm2))
         if self.use_acl:
             x = self.ex_ln(self.ex_conv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1))
         return x
