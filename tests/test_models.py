@@ -245,6 +245,41 @@ def test_fused_linear_matches_plain_linear_and_steps_aside_for_autograd():
         set_fused_linear(was)
 
 
+def test_fused_linear_under_autocast_runs_in_bfloat16_and_follows_weight_changes():
+    from crossformer_vision.layers import fused_linear
+    from crossformer_vision.layers.linear import _cast_weights
+
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(64, 96)
+    x = torch.randn(4, 10, 64)
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        ref = torch.nn.functional.gelu(layer(x))  # autocast's own bf16 linear
+        out = fused_linear(x, layer, gelu=True)
+        assert out.dtype == torch.bfloat16 and layer in _cast_weights
+        # same bf16 operands; only the rounding of the pre-GELU values differs
+        torch.testing.assert_close(out.float(), ref.float(), atol=0.03, rtol=0.02)
+    with torch.no_grad():
+        layer.weight.mul_(-1)  # a weight update must not reuse the cached bf16 copy
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        flipped = fused_linear(x, layer)
+        torch.testing.assert_close(flipped.float(), layer(x).float(), atol=0.03, rtol=0.02)
+
+
+def test_autocast_keeps_the_position_bias_and_the_head_in_float32():
+    model = tiny("crossformer_s").eval()
+    x = torch.randn(2, 3, 64, 64)
+    block = model.layers[0].blocks[0]
+    with torch.inference_mode():
+        ref = model(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = model(x)
+            bias = block.attn.attention_mask(block.layout(14, 14), torch.bfloat16)  # 2 x 2 groups of 7 x 7, no padding
+        exact = block.attn.pos(7, 7)
+    assert out.dtype == torch.float32  # logits from the float32 head
+    torch.testing.assert_close(bias, exact.to(torch.bfloat16), rtol=0, atol=0)  # one rounding, at the end
+    assert (out - ref).abs().max() < 0.05 * ref.abs().max()
+
+
 def test_model_outputs_agree_with_and_without_fused_linear():
     from crossformer_vision.layers import set_fused_linear
 

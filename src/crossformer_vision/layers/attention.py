@@ -98,7 +98,9 @@ class GroupAttention(nn.Module):
         return mask
 
     def _build_mask(self, layout: GroupLayout, dtype: torch.dtype) -> torch.Tensor:
-        bias = self.pos(*layout.group).to(dtype)
+        # the bias MLP runs in its parameters' dtype even under autocast (one rounding to 16 bits, at the end)
+        with torch.autocast(self.pos.pos_proj.weight.device.type, enabled=False):
+            bias = self.pos(*layout.group).to(dtype)
         if not layout.needs_padding:
             return bias
         return bias.unsqueeze(0) + padding_mask(layout, dtype, bias.device)[:, None, None, :]

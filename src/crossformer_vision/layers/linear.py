@@ -4,11 +4,16 @@
 over the activations; oneDNN's ``linear_pointwise`` applies the bias (and GELU) inside the matrix multiply.
 The results are the same (the tests compare them bitwise); it is used only where it can be: CPU tensors,
 float32 / bfloat16, no autograd, eager mode (not while compiling or exporting, nor under a dispatch mode such as
-``FlopCounterMode``). Anything else takes
-``F.linear``.
+``FlopCounterMode``). Anything else takes ``F.linear``.
+
+Under CPU autocast to bfloat16 (which does not know this oneDNN op) the input is cast to bfloat16 and so are the
+weights, once per weight version (a cached copy per layer, dropped with the layer), as autocast would cast them for
+``F.linear``: the result is autocast's, without a weight cast per call and with GELU fused.
 """
 
 from __future__ import annotations
+
+import weakref
 
 import torch
 import torch.nn.functional as F
@@ -37,26 +42,47 @@ def set_fused_linear(enabled: bool) -> None:
     _state["enabled"] = enabled and _available()
 
 
-def _fusable(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    return (
+_cast_weights: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # layer -> (key, weight, bias) under autocast
+
+
+def _fused_dtype(x: torch.Tensor, weight: torch.Tensor) -> torch.dtype | None:
+    """The dtype the fused kernel runs in for this call, or None where it must not run."""
+    if not (
         _state["enabled"]
         and not torch.is_grad_enabled()
         and x.device.type == "cpu"
-        and x.dtype in (torch.float32, torch.bfloat16)
-        and x.dtype == weight.dtype
         and not torch.compiler.is_compiling()
         and not torch.jit.is_scripting()
         and not _in_dispatch_mode()
-    )
+    ):
+        return None
+    if torch.is_autocast_enabled("cpu"):
+        dtype = torch.get_autocast_dtype("cpu")
+        return dtype if dtype == torch.bfloat16 and weight.dtype in (torch.float32, torch.bfloat16) else None
+    return x.dtype if x.dtype in (torch.float32, torch.bfloat16) and x.dtype == weight.dtype else None
+
+
+def _weights(layer: nn.Linear, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor | None]:
+    w, b = layer.weight, layer.bias
+    if w.dtype == dtype and (b is None or b.dtype == dtype):
+        return w, b
+    key = (dtype, w.data_ptr(), w._version, None if b is None else (b.data_ptr(), b._version))
+    cached = _cast_weights.get(layer)
+    if cached is None or cached[0] != key:
+        cached = _cast_weights[layer] = (key, w.detach().to(dtype), None if b is None else b.detach().to(dtype))
+    return cached[1], cached[2]
 
 
 def fused_linear(x: torch.Tensor, layer: nn.Linear, gelu: bool = False) -> torch.Tensor:
     """``layer(x)`` (then exact GELU when ``gelu``), fused by oneDNN for CPU inference."""
-    if _fusable(x, layer.weight):
+    dtype = _fused_dtype(x, layer.weight)
+    if dtype is not None:
+        w, b = _weights(layer, dtype)
+        x = x.to(dtype)
         try:
             if gelu:
-                return torch.ops.mkldnn._linear_pointwise(x, layer.weight, layer.bias, "gelu", [], "none")
-            return torch.ops.mkldnn._linear_pointwise(x, layer.weight, layer.bias, "none", [], "")
+                return torch.ops.mkldnn._linear_pointwise(x, w, b, "gelu", [], "none")
+            return torch.ops.mkldnn._linear_pointwise(x, w, b, "none", [], "")
         except RuntimeError:  # a build without the kernel for this case: use the plain path from now on
             _state["enabled"] = False
     y = F.linear(x, layer.weight, layer.bias)

@@ -430,10 +430,21 @@ class CrossFormer(nn.Module):
         x = self.pos_drop(self.patch_embed(x))
         for stage in self.layers:
             x = stage(x)
+        if torch.is_autocast_enabled(x.device.type):
+            # under autocast the final norm, pooling and classifier run in float32 (a few MFLOPs per image): rounding
+            # near-tied logits to 16 bits would flip top-1 decisions (measured: speed.py's bf16 agreement)
+            with torch.autocast(x.device.type, enabled=False):
+                return self.norm(x.float())
         return self.norm(x)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """[B, H, W, C] map -> logits [B, classes] (or pooled features [B, C] with ``pre_logits``)."""
+        if torch.is_autocast_enabled(x.device.type) and x.dtype == torch.float32:
+            with torch.autocast(x.device.type, enabled=False):
+                return self._head(x, pre_logits)
+        return self._head(x, pre_logits)
+
+    def _head(self, x: torch.Tensor, pre_logits: bool) -> torch.Tensor:
         if self.global_pool == "avg":
             x = x.mean(dim=(1, 2))
         x = self.head_drop(x)
