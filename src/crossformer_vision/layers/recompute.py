@@ -89,8 +89,11 @@ class _GeluLinear(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad):
         h, weight = ctx.saved_tensors
-        grad_w, grad_b = _linear_grads(ctx, grad, F.gelu(h), weight, 1)
-        grad_h = torch.ops.aten.gelu_backward(grad.matmul(weight), h) if ctx.needs_input_grad[0] else None
+        grad_w, grad_b = _linear_grads(ctx, grad, F.gelu(h), weight, 1)  # the recomputed GELU output is freed here
+        grad_h = None
+        if ctx.needs_input_grad[0]:
+            grad_h = grad.matmul(weight)
+            torch.ops.aten.gelu_backward.grad_input(grad_h, h, grad_input=grad_h)  # in place: one 4C buffer, not two
         return grad_h, grad_w, grad_b
 
 
