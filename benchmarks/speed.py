@@ -15,12 +15,17 @@ large-input scaling table. Results are also written as JSON (``--out``).
 * ``official``: numbers measured with the unmodified official code on this machine type (not re-run here;
   ``benchmarks/official_baseline.json``).
 
-% of peak = img/s x 2 x (multiply-adds per image) / fp32 matmul GFLOP/s measured at the start of the run
+Each row runs ``--rounds`` times (default 2), the rows taking turns, and keeps its fastest process (each process
+reports the median of its timed runs): this machine's speed drifts by 10-15 % over minutes, and every row gets the
+same chances. Peak RSS is the largest of the rounds.
+
+% of peak = img/s x 2 x (multiply-adds per image) / fp32 matmul GFLOP/s (the larger of two measurements, at the start
+and after the rounds)
 (the bf16 rows are also given against the fp32 peak, so they compare across rows). Multiply-adds: this
 package's analytic count for CrossFormers (equal to torch's flop counter), torch's flop counter for timm models.
 
 Usage:
-    python benchmarks/speed.py                 # the full table (about 10-15 minutes on 2 cores)
+    python benchmarks/speed.py                 # the full table (about 30 minutes on 2 cores)
     python benchmarks/speed.py --quick         # a smaller, faster subset
 """
 
@@ -272,6 +277,7 @@ def main() -> None:
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--quick", action="store_true", help="fewer models and runs")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=2, help="measure every row this many times, keep the fastest")
     parser.add_argument("--out", default=str(HERE / "results" / "speed_cpu.json"))
     args = parser.parse_args()
     if args.worker:
@@ -289,6 +295,14 @@ def main() -> None:
     version = __import__("torch").__version__
     console.print(f"torch {version}, {t} threads; matmul 4096^2: fp32 {peak32:.1f} GFLOP/s, bf16 {peak16:.1f} GFLOP/s")
 
+    pending: list[tuple[dict, dict]] = []
+
+    def later(spec: dict) -> dict:
+        """A row's result, filled in by the measuring rounds below."""
+        result: dict = {}
+        pending.append((spec, result))
+        return result
+
     runs = 3 if args.quick else 5
     inf = dict(task="infer", size=224, batch=32, warmup=2, runs=runs, threads=t)
     rows: list[tuple[str, dict, dict]] = []
@@ -299,17 +313,17 @@ def main() -> None:
         for mode in ("fp32", "bf16-autocast", "bf16-model"):
             if mode != "fp32" and v not in ("crossformer_s", "crossformerpp_s"):
                 continue
-            rows.append((f"ours {v}", {"mode": mode}, run_spec({**inf, "kind": "ours", "name": v, "mode": mode})))
+            rows.append((f"ours {v}", {"mode": mode}, later({**inf, "kind": "ours", "name": v, "mode": mode})))
     rows.append(
         (
             "ours crossformer_s",
             {"mode": "fp32, default allocator"},
-            run_spec({**inf, "kind": "ours", "name": "crossformer_s", "mode": "fp32", "cli_memory": False}),
+            later({**inf, "kind": "ours", "name": "crossformer_s", "mode": "fp32", "cli_memory": False}),
         )
     )
     for v in ["crossformer_s"] if args.quick else ["crossformer_s", "crossformerpp_s"]:
         rows.append(
-            (f"reference {v}", {"mode": "fp32"}, run_spec({**inf, "kind": "reference", "name": v, "mode": "fp32"}))
+            (f"reference {v}", {"mode": "fp32"}, later({**inf, "kind": "reference", "name": v, "mode": "fp32"}))
         )
     for name in (
         ["swin_tiny_patch4_window7_224"]
@@ -317,46 +331,71 @@ def main() -> None:
         else ["swin_tiny_patch4_window7_224", "deit_small_patch16_224", "resnet50"]
     ):
         for mode in ("fp32", "bf16-autocast"):
-            rows.append((f"timm {name}", {"mode": mode}, run_spec({**inf, "kind": "timm", "name": name, "mode": mode})))
+            rows.append((f"timm {name}", {"mode": mode}, later({**inf, "kind": "timm", "name": name, "mode": mode})))
 
     train = dict(task="train", size=224, batch=16, warmup=1, runs=3 if args.quick else 5, threads=t)
     trows: list[tuple[str, dict, dict]] = [
         (
             "ours crossformer_s",
             {"mode": "fp32"},
-            run_spec({**train, "kind": "ours", "name": "crossformer_s", "mode": "fp32"}),
+            later({**train, "kind": "ours", "name": "crossformer_s", "mode": "fp32"}),
         ),
         (
             "ours crossformer_s",
             {"mode": "fp32, default allocator"},
-            run_spec({**train, "kind": "ours", "name": "crossformer_s", "mode": "fp32", "cli_memory": False}),
+            later({**train, "kind": "ours", "name": "crossformer_s", "mode": "fp32", "cli_memory": False}),
         ),
         (
             "ours crossformer_s",
             {"mode": "fp32, keep freed memory"},
-            run_spec({**train, "kind": "ours", "name": "crossformer_s", "mode": "fp32", "keep_freed": True}),
+            later({**train, "kind": "ours", "name": "crossformer_s", "mode": "fp32", "keep_freed": True}),
         ),
         (
             "ours crossformer_s + grad ckpt",
             {"mode": "fp32"},
-            run_spec({**train, "kind": "ours", "name": "crossformer_s", "mode": "fp32", "grad_checkpointing": True}),
+            later({**train, "kind": "ours", "name": "crossformer_s", "mode": "fp32", "grad_checkpointing": True}),
         ),
         (
             "ours crossformer_s",
             {"mode": "bf16-autocast"},
-            run_spec({**train, "kind": "ours", "name": "crossformer_s", "mode": "bf16-autocast"}),
+            later({**train, "kind": "ours", "name": "crossformer_s", "mode": "bf16-autocast"}),
         ),
         (
             "reference crossformer_s",
             {"mode": "fp32"},
-            run_spec({**train, "kind": "reference", "name": "crossformer_s", "mode": "fp32", "fused": False}),
+            later({**train, "kind": "reference", "name": "crossformer_s", "mode": "fp32", "fused": False}),
         ),
         (
             "timm swin_tiny_patch4_window7_224",
             {"mode": "fp32"},
-            run_spec({**train, "kind": "timm", "name": "swin_tiny_patch4_window7_224", "mode": "fp32"}),
+            later({**train, "kind": "timm", "name": "swin_tiny_patch4_window7_224", "mode": "fp32"}),
         ),
     ]
+
+    # rounds of every row in turn: the machine's speed drifts over minutes, so each row gets several chances and keeps
+    # its fastest process (each process reports the median of its timed runs); peak RSS is the largest seen
+    for rnd in range(args.rounds):
+        for i, (spec, result) in enumerate(pending):
+            print(
+                f"round {rnd + 1}/{args.rounds}, run {i + 1}/{len(pending)}: {spec['kind']} {spec['name']} "
+                f"{spec['task']} {spec['mode']}",
+                file=sys.stderr,
+                flush=True,
+            )
+            result.setdefault("rounds", []).append(run_spec(spec))
+    for _, result in pending:
+        ok = [r for r in result["rounds"] if "img_per_s" in r]
+        if not ok:
+            result.update(result["rounds"][-1])
+            continue
+        result.update(max(ok, key=lambda r: r["img_per_s"]))
+        result["img_per_s_rounds"] = [r["img_per_s"] for r in ok]
+        result["peak_rss_gib"] = max(r["peak_rss_gib"] for r in ok)
+        del result["rounds"]
+    # the peak the percentages are taken of: the larger of the measurements before and after the rounds
+    peak32_end = matmul_peak("float32", t)
+    console.print(f"fp32 matmul peak after the rounds: {peak32_end:.1f} GFLOP/s; using {max(peak32, peak32_end):.1f}")
+    peak32 = max(peak32, peak32_end)
 
     table = Table(title=f"CPU, {t} threads, 224x224: inference batch 32, training batch 16 (AdamW)")
     for col in ("model", "mode", "img/s", "% fp32 peak", "official code img/s", "train s/step", "train peak RSS GiB"):
