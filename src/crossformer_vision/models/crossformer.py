@@ -431,8 +431,8 @@ class CrossFormer(nn.Module):
         for stage in self.layers:
             x = stage(x)
         if torch.is_autocast_enabled(x.device.type):
-            # under autocast the final norm, pooling and classifier run in float32 (a few MFLOPs per image): rounding
-            # near-tied logits to 16 bits would flip top-1 decisions (measured: speed.py's bf16 agreement)
+            # under autocast the final norm, pooling and classifier run in float32 (a few MFLOPs per image): the logits
+            # decide top-1, and 16-bit rounding there can flip near-tied decisions
             with torch.autocast(x.device.type, enabled=False):
                 return self.norm(x.float())
         return self.norm(x)
