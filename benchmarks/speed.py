@@ -334,43 +334,18 @@ def main() -> None:
             rows.append((f"timm {name}", {"mode": mode}, later({**inf, "kind": "timm", "name": name, "mode": mode})))
 
     train = dict(task="train", size=224, batch=16, warmup=1, runs=3 if args.quick else 5, threads=t)
-    trows: list[tuple[str, dict, dict]] = [
-        (
-            "ours crossformer_s",
-            {"mode": "fp32"},
-            later({**train, "kind": "ours", "name": "crossformer_s", "mode": "fp32"}),
-        ),
-        (
-            "ours crossformer_s",
-            {"mode": "fp32, default allocator"},
-            later({**train, "kind": "ours", "name": "crossformer_s", "mode": "fp32", "cli_memory": False}),
-        ),
-        (
-            "ours crossformer_s",
-            {"mode": "fp32, keep freed memory"},
-            later({**train, "kind": "ours", "name": "crossformer_s", "mode": "fp32", "keep_freed": True}),
-        ),
-        (
-            "ours crossformer_s + grad ckpt",
-            {"mode": "fp32"},
-            later({**train, "kind": "ours", "name": "crossformer_s", "mode": "fp32", "grad_checkpointing": True}),
-        ),
-        (
-            "ours crossformer_s",
-            {"mode": "bf16-autocast"},
-            later({**train, "kind": "ours", "name": "crossformer_s", "mode": "bf16-autocast"}),
-        ),
-        (
-            "reference crossformer_s",
-            {"mode": "fp32"},
-            later({**train, "kind": "reference", "name": "crossformer_s", "mode": "fp32", "fused": False}),
-        ),
-        (
-            "timm swin_tiny_patch4_window7_224",
-            {"mode": "fp32"},
-            later({**train, "kind": "timm", "name": "swin_tiny_patch4_window7_224", "mode": "fp32"}),
-        ),
+    s_train = {**train, "kind": "ours", "name": "crossformer_s", "mode": "fp32"}
+    # (label, mode shown, spec changes)
+    training_rows = [
+        ("ours crossformer_s", "fp32", {}),
+        ("ours crossformer_s", "fp32, default allocator", {"cli_memory": False}),
+        ("ours crossformer_s", "fp32, keep freed memory", {"keep_freed": True}),
+        ("ours crossformer_s + grad ckpt", "fp32", {"grad_checkpointing": True}),
+        ("ours crossformer_s", "bf16-autocast", {"mode": "bf16-autocast"}),
+        ("reference crossformer_s", "fp32", {"kind": "reference", "fused": False}),
+        ("timm swin_tiny_patch4_window7_224", "fp32", {"kind": "timm", "name": "swin_tiny_patch4_window7_224"}),
     ]
+    trows = [(label, {"mode": mode}, later({**s_train, **change})) for label, mode, change in training_rows]
 
     # rounds of every row in turn: the machine's speed drifts over minutes, so each row gets several chances and keeps
     # its fastest process (each process reports the median of its timed runs); peak RSS is the largest seen
