@@ -8,10 +8,12 @@ large-input scaling table. Results are also written as JSON (``--out``).
 * ``reference``: ``tests/reference_crossformer.py``, the straightforward math of the official code (explicit
   padding, masks and reshapes; position bias recomputed in every call) on the same weights.
 * ``timm``: swin_tiny / deit_small / resnet50 from timm.
-* Every row runs with the memory setting of the ``crossformer`` CLI: PyTorch's CPU allocator on transparent huge
-  pages (``THP_MEM_ALLOC_ENABLE=1``). Extra rows show CrossFormer-S with the default allocator (4 KiB pages), as a
-  plain script gets it, and training with the CLI's opt-in ``CROSSFORMER_KEEP_FREED_MEMORY=1`` (glibc's ``malloc``
-  keeps freed memory: fewer page faults, more peak RSS; ``crossformer_vision.engine.allocator``).
+* Every row runs with the process settings of the ``crossformer`` CLI, whatever the model: PyTorch's CPU allocator
+  on transparent huge pages (``THP_MEM_ALLOC_ENABLE=1``) everywhere, and for inference also glibc's ``malloc``
+  keeping freed memory (what the CLI's ``eval`` / ``predict`` commands set: far fewer page faults for some more peak
+  RSS; ``crossformer_vision.engine.allocator``). Extra rows show CrossFormer-S inference with huge pages only and
+  with the default allocator (4 KiB pages), as a plain script gets it, and training with the opt-in
+  ``CROSSFORMER_KEEP_FREED_MEMORY=1``.
 * ``official``: numbers measured with the unmodified official code on this machine type (not re-run here;
   ``benchmarks/official_baseline.json``).
 
@@ -20,7 +22,7 @@ reports the median of its timed runs): this machine's speed drifts by 10-15 % ov
 same chances. Peak RSS is the largest of the rounds.
 
 % of peak = img/s x 2 x (multiply-adds per image) / fp32 matmul GFLOP/s (the larger of two measurements, at the start
-and after the rounds)
+and after the rounds, of ``torch.mm`` into a preallocated output)
 (the bf16 rows are also given against the fp32 peak, so they compare across rows). Multiply-adds: this
 package's analytic count for CrossFormers (equal to torch's flop counter), torch's flop counter for timm models.
 
@@ -183,13 +185,13 @@ def matmul_peak(dtype_name: str, threads: int, n: int = 4096, runs: int = 10) ->
 
     torch.set_num_threads(threads)
     dtype = getattr(torch, dtype_name)
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    a, b, c = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype), torch.empty(n, n, dtype=dtype)
     for _ in range(3):
-        a @ b
+        torch.mm(a, b, out=c)
     times = []
     for _ in range(runs):
         start = time.perf_counter()
-        a @ b
+        torch.mm(a, b, out=c)  # into a preallocated output: the kernel alone, no page faults of a fresh 64 MiB result
         times.append(time.perf_counter() - start)
     return 2 * n**3 / statistics.median(times) / 1e9
 
@@ -304,7 +306,9 @@ def main() -> None:
         return result
 
     runs = 3 if args.quick else 5
-    inf = dict(task="infer", size=224, batch=32, warmup=2, runs=runs, threads=t)
+    # every inference row runs with the process settings of the CLI's inference commands (huge pages, freed memory
+    # kept: engine/allocator.py), whatever the model; two extra rows show CrossFormer-S without them
+    inf = dict(task="infer", size=224, batch=32, warmup=2, runs=runs, threads=t, keep_freed=True)
     rows: list[tuple[str, dict, dict]] = []
     variants = (
         ["crossformer_s"] if args.quick else ["crossformer_t", "crossformer_s", "crossformer_b", "crossformerpp_s"]
@@ -314,13 +318,12 @@ def main() -> None:
             if mode != "fp32" and v not in ("crossformer_s", "crossformerpp_s"):
                 continue
             rows.append((f"ours {v}", {"mode": mode}, later({**inf, "kind": "ours", "name": v, "mode": mode})))
-    rows.append(
-        (
-            "ours crossformer_s",
-            {"mode": "fp32, default allocator"},
-            later({**inf, "kind": "ours", "name": "crossformer_s", "mode": "fp32", "cli_memory": False}),
-        )
-    )
+    s_inf = {**inf, "kind": "ours", "name": "crossformer_s", "mode": "fp32"}
+    for mode, change in (
+        ("fp32, huge pages only", {"keep_freed": False}),
+        ("fp32, default allocator", {"keep_freed": False, "cli_memory": False}),
+    ):
+        rows.append(("ours crossformer_s", {"mode": mode}, later({**s_inf, **change})))
     for v in ["crossformer_s"] if args.quick else ["crossformer_s", "crossformerpp_s"]:
         rows.append(
             (f"reference {v}", {"mode": "fp32"}, later({**inf, "kind": "reference", "name": v, "mode": "fp32"}))
@@ -421,7 +424,7 @@ def main() -> None:
         large.add_column(col, justify="right")
     result["large"] = []
     for s in sizes:
-        spec = dict(task="infer", size=s, batch=1, warmup=1, runs=3, threads=t, mode="fp32")
+        spec = dict(task="infer", size=s, batch=1, warmup=1, runs=3, threads=t, mode="fp32", keep_freed=True)
         a = run_spec({**spec, "kind": "ours", "name": "crossformer_s"})
         b = run_spec({**spec, "kind": "timm", "name": "swin_tiny_patch4_window7_224", "kwargs": {"img_size": s}})
         large.add_row(

@@ -46,15 +46,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ..engine.allocator import keep_freed_memory, keep_freed_memory_requested
+    from ..engine.allocator import keep_freed_memory, keep_freed_memory_wanted
     from ..engine.checkpoint import CheckpointWriteError
     from ..engine.distributed import cleanup
     from ..engine.trainer import TrainingDivergedError
 
     args = build_parser().parse_args(argv)
-    if keep_freed_memory_requested():  # opt-in: faster steps for more peak memory (engine/allocator.py)
-        keep_freed_memory()
     try:
+        # a process-wide allocator setting, so only when this is the process's entry point (the console script), not
+        # when main() is called as a function: on for inference commands, CROSSFORMER_KEEP_FREED_MEMORY=0/1 overrides
+        # (engine/allocator.py)
+        subcommand = getattr(args, f"{args.command}_command", None)
+        if argv is None and keep_freed_memory_wanted(args.command, subcommand):
+            keep_freed_memory()
         return int(args._run(args) or 0)
     except (
         ValueError,

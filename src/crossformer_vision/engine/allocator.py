@@ -1,15 +1,21 @@
 """Keep freed activation memory in the process instead of handing it back to the kernel after every use.
 
 PyTorch's CPU allocator has no cache: each large tensor is a fresh ``malloc``, which glibc serves with ``mmap`` and
-returns with ``munmap``. A training step then touches every activation page for the first time again: about
-450 000 page faults per CrossFormer-S step at batch 16 with 4 KiB pages, ~0.8 s of kernel time on 2 cores
-(``benchmarks/speed.py``). With ``mmap`` off for ``malloc`` and no trimming of the heap, freed blocks are reused as
-they are and a step runs with (almost) no page faults; the peak RSS stays that of the largest step.
+returns with ``munmap``. Every forward pass (and training step) then touches its activation pages for the first time
+again: about 450 000 page faults per CrossFormer-S training step at batch 16 with 4 KiB pages, ~0.8 s of kernel time
+on 2 cores (``benchmarks/speed.py``). With ``mmap`` off for ``malloc`` and no trimming of the heap, freed blocks are
+reused as they are and (almost) nothing faults; the peak RSS is that of the largest pass plus fragmentation.
 
-It trades memory for time: measured on CrossFormer-S training (batch 16, 224, fp32, 2 cores, huge pages on), steps
-ran ~6 % faster (median 3.38 vs 3.59 s over three alternating runs of each) while the peak RSS rose from 2.82-2.88 to
-3.14-3.30 GiB (freed blocks stay in the heap, fragmented). So it is opt-in: ``CROSSFORMER_KEEP_FREED_MEMORY=1`` makes
-the ``crossformer`` CLI call :func:`keep_freed_memory` at start-up; in your own script, call it yourself.
+It trades memory for time. Measured on 2 cores with huge pages on (alternating processes):
+
+* inference, CrossFormer-S, batch 32, 224: fp32 14.2 -> 16.5 img/s (median of three processes each), bf16 autocast
+  ~25 -> ~28 img/s, peak RSS 1.27 -> 1.51 GiB; batch 1 at 1344: 0.37 -> 0.46 img/s, 1.43 -> 1.72 GiB;
+* training, CrossFormer-S, batch 16: ~6 % faster steps (median 3.38 vs 3.59 s) but peak RSS 2.82-2.88 ->
+  3.14-3.30 GiB.
+
+So the ``crossformer`` CLI turns it on for its inference commands (``eval``, ``predict``, ``seg eval|predict``,
+``det eval|predict``) and leaves it off for training; ``CROSSFORMER_KEEP_FREED_MEMORY=1`` turns it on for every
+command, ``=0`` for none. In your own script, call :func:`keep_freed_memory` yourself, early.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ import ctypes
 import ctypes.util
 import os
 
-__all__ = ["keep_freed_memory", "keep_freed_memory_requested"]
+__all__ = ["INFERENCE_COMMANDS", "keep_freed_memory", "keep_freed_memory_wanted"]
 
 _M_TRIM_THRESHOLD = -1  # glibc mallopt parameters (malloc.h)
 _M_MMAP_MAX = -4
@@ -41,6 +47,21 @@ def keep_freed_memory() -> bool:
     return _state["done"]
 
 
-def keep_freed_memory_requested() -> bool:
-    """Whether ``CROSSFORMER_KEEP_FREED_MEMORY=1`` asks the CLI to call :func:`keep_freed_memory`."""
-    return os.environ.get("CROSSFORMER_KEEP_FREED_MEMORY", "0") == "1"
+# CLI commands that only run forward passes: (command, subcommand or None)
+INFERENCE_COMMANDS = frozenset(
+    {("eval", None), ("predict", None), ("seg", "eval"), ("seg", "predict"), ("det", "eval"), ("det", "predict")}
+)
+
+
+def keep_freed_memory_wanted(command: str, subcommand: str | None = None, env: dict | None = None) -> bool:
+    """Whether the CLI should call :func:`keep_freed_memory` for this command.
+
+    ``CROSSFORMER_KEEP_FREED_MEMORY`` decides when set (``1``: yes, ``0``: no); otherwise inference commands get it
+    and training does not (there it would cost ~0.3 GiB of peak RSS for ~6 % of step time).
+    """
+    value = (os.environ if env is None else env).get("CROSSFORMER_KEEP_FREED_MEMORY", "").strip()
+    if value in ("0", "1"):
+        return value == "1"
+    if value:
+        raise ValueError(f"CROSSFORMER_KEEP_FREED_MEMORY must be 0 or 1 (or unset for the default), got {value!r}")
+    return (command, subcommand) in INFERENCE_COMMANDS

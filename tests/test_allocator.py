@@ -1,0 +1,84 @@
+"""The allocator setting the CLI applies to inference commands (engine/allocator.py)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from crossformer_vision.engine import allocator
+
+
+@pytest.mark.parametrize(
+    ("command", "sub", "expected"),
+    [
+        ("eval", None, True),
+        ("predict", None, True),
+        ("seg", "eval", True),
+        ("seg", "predict", True),
+        ("det", "eval", True),
+        ("det", "predict", True),
+        ("train", None, False),
+        ("seg", "train", False),
+        ("det", "train", False),
+        ("demo", None, False),
+    ],
+)
+def test_default_is_on_for_inference_commands_only(command, sub, expected):
+    assert allocator.keep_freed_memory_wanted(command, sub, env={}) is expected
+
+
+def test_environment_overrides_the_default_and_rejects_other_values():
+    assert allocator.keep_freed_memory_wanted("train", None, env={"CROSSFORMER_KEEP_FREED_MEMORY": "1"}) is True
+    assert allocator.keep_freed_memory_wanted("predict", None, env={"CROSSFORMER_KEEP_FREED_MEMORY": "0"}) is False
+    with pytest.raises(ValueError, match="must be 0 or 1"):
+        allocator.keep_freed_memory_wanted("predict", None, env={"CROSSFORMER_KEEP_FREED_MEMORY": "yes"})
+
+
+def test_cli_entry_point_applies_it_for_inference_only(monkeypatch, tmp_path):
+    from crossformer_vision.cli import main as cli
+
+    calls = []
+    monkeypatch.setattr(allocator, "keep_freed_memory", lambda: calls.append(True) or True)
+    monkeypatch.delenv("CROSSFORMER_KEEP_FREED_MEMORY", raising=False)
+    missing = str(tmp_path / "missing")
+    # the console script: argv from sys.argv (the commands then fail on the missing checkpoint, which is fine here)
+    monkeypatch.setattr(sys, "argv", ["crossformer", "predict", "--checkpoint", missing, missing])
+    assert cli.main() == 2
+    assert calls == [True]
+    monkeypatch.setattr(sys, "argv", ["crossformer", "seg", "train", "--config", missing])
+    assert cli.main() == 2
+    assert calls == [True]
+    # called as a function: no process-wide setting
+    assert cli.main(["predict", "--checkpoint", missing, missing]) == 2
+    assert calls == [True]
+
+
+_RSS_AFTER_FREE = """
+import sys
+import torch
+from crossformer_vision.engine.allocator import keep_freed_memory
+
+def rss_mib():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+
+if sys.argv[1] == "1":
+    assert keep_freed_memory()
+before = rss_mib()
+x = torch.ones(64 * 2**20)  # 256 MiB, touched
+del x
+print(rss_mib() - before)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc")
+def test_freed_memory_stays_in_the_process_only_when_asked():
+    def grown(flag: str) -> float:
+        out = subprocess.run([sys.executable, "-c", _RSS_AFTER_FREE, flag], capture_output=True, text=True, check=True)
+        return float(out.stdout.strip().splitlines()[-1])
+
+    assert grown("0") < 64  # glibc served the tensor with mmap and gave it back on free
+    assert grown("1") > 192  # kept in the heap for the next allocation
