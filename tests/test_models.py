@@ -3,6 +3,7 @@
 import pytest
 import timm
 import torch
+import torch.nn.functional as F
 
 import crossformer_vision as cf
 
@@ -181,6 +182,31 @@ def test_fused_and_manual_attention_agree():
                 m.fused_attn = False
         b = model(x)
     torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
+
+
+def test_small_cpu_groups_take_the_explicit_path_with_the_same_output(monkeypatch):
+    import crossformer_vision.layers.attention as attention
+    from crossformer_vision.layers.attention import GroupAttention
+
+    model = tiny("crossformerpp_s").eval()  # 4x4 groups in stages 1-2, larger ones after
+    x = torch.randn(2, 3, 96, 96)
+    sizes = []
+    sdpa = F.scaled_dot_product_attention
+
+    def spy(q, *args, **kwargs):
+        sizes.append(q.shape[-2])
+        return sdpa(q, *args, **kwargs)
+
+    monkeypatch.setattr(attention.F, "scaled_dot_product_attention", spy)
+    with torch.no_grad():
+        monkeypatch.setattr(GroupAttention, "cpu_sdpa_min_tokens", 0)
+        ref = model(x)
+        assert 16 in sizes
+        sizes.clear()
+        monkeypatch.setattr(GroupAttention, "cpu_sdpa_min_tokens", 17)
+        out = model(x)
+    assert sizes and min(sizes) >= 17  # the 16-token groups went the explicit way, the others still through SDPA
+    torch.testing.assert_close(out, ref, rtol=0, atol=1e-5)
 
 
 def test_train_mode_drop_path_is_stochastic_and_eval_is_deterministic():
