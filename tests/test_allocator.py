@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -55,6 +56,10 @@ def test_cli_entry_point_applies_it_for_inference_only(monkeypatch, tmp_path):
     assert calls == [True]
 
 
+# PyTorch's allocator without huge pages (importing the CLI sets THP_MEM_ALLOC_ENABLE=1 in this process; its 2 MiB
+# aligned blocks would not raise glibc's mmap threshold as the scripts below need)
+_PLAIN_ENV = {**os.environ, "THP_MEM_ALLOC_ENABLE": "0"}
+
 _RSS_AFTER_FREE = """
 import sys
 import torch
@@ -77,8 +82,48 @@ print(rss_mib() - before)
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc")
 def test_freed_memory_stays_in_the_process_only_when_asked():
     def grown(flag: str) -> float:
-        out = subprocess.run([sys.executable, "-c", _RSS_AFTER_FREE, flag], capture_output=True, text=True, check=True)
+        out = subprocess.run(
+            [sys.executable, "-c", _RSS_AFTER_FREE, flag], capture_output=True, text=True, check=True, env=_PLAIN_ENV
+        )
         return float(out.stdout.strip().splitlines()[-1])
 
     assert grown("0") < 64  # glibc served the tensor with mmap and gave it back on free
     assert grown("1") > 192  # kept in the heap for the next allocation
+
+
+_RELEASE = """
+import ctypes
+
+from crossformer_vision.engine.allocator import release_freed_memory
+
+libc = ctypes.CDLL("libc.so.6")
+libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, (ctypes.c_size_t,)
+libc.free.argtypes = (ctypes.c_void_p,)
+libc.mallopt(-3, 16 * 2**20)  # M_MMAP_THRESHOLD: blocks under 16 MiB come from the heap
+
+
+def rss_mib():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+
+
+blocks = []
+for _ in range(256):  # 256 MiB in the heap
+    blocks.append(libc.malloc(2**20))
+    ctypes.memset(blocks[-1], 1, 2**20)
+before = rss_mib()
+for b in blocks[:-1:2]:  # every other MiB: each freed block lies between live ones, so free() cannot trim it
+    libc.free(b)
+freed = rss_mib()
+released = release_freed_memory()
+print(before - freed, before - rss_mib(), released)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc")
+def test_release_freed_memory_returns_freed_heap_pages():
+    out = subprocess.run([sys.executable, "-c", _RELEASE], capture_output=True, text=True, check=True, env=_PLAIN_ENV)
+    dropped_on_free, dropped_on_release, released = out.stdout.split()
+    assert float(dropped_on_free) < 32  # 128 MiB freed, but still resident
+    assert float(dropped_on_release) > 96 and released == "True"

@@ -52,6 +52,28 @@ def test_grad_checkpointing_gives_same_outputs_and_gradients(name):
         torch.testing.assert_close(p.grad, ref_grads[n], rtol=1e-5, atol=1e-6, msg=n)
 
 
+def test_grad_checkpointing_releases_freed_memory_between_stages(monkeypatch):
+    import crossformer_vision.models.crossformer as module
+
+    calls = []
+    monkeypatch.setattr(module, "release_freed_memory", lambda: calls.append(torch.is_grad_enabled()) or True)
+    model = tiny("crossformer_s")
+    x = torch.randn(2, 3, 64, 64)
+    model(x).sum().backward()
+    assert calls == []  # not without checkpointing
+    model.set_grad_checkpointing(True)
+    model(x).sum().backward()
+    # once before each stage's forward (grad mode on), once after each stage's backward (grad mode off)
+    assert calls == [True] * 4 + [False] * 4
+    calls.clear()
+    model.set_grad_checkpointing(True, release_memory=False)
+    model(x).sum().backward()
+    with torch.no_grad():
+        model.set_grad_checkpointing(True)
+        model(x)
+    assert calls == []
+
+
 @pytest.mark.parametrize("name", VARIANTS)
 def test_intermediates_match_features(name):
     model = tiny(name).eval()

@@ -24,11 +24,39 @@ import ctypes
 import ctypes.util
 import os
 
-__all__ = ["INFERENCE_COMMANDS", "keep_freed_memory", "keep_freed_memory_wanted"]
+__all__ = ["INFERENCE_COMMANDS", "keep_freed_memory", "keep_freed_memory_wanted", "release_freed_memory"]
 
 _M_TRIM_THRESHOLD = -1  # glibc mallopt parameters (malloc.h)
 _M_MMAP_MAX = -4
-_state = {"done": False}
+_state: dict = {"done": False}
+
+
+def _glibc():
+    """glibc's ``mallopt`` and ``malloc_trim`` (typed), or None off glibc (musl, macOS, Windows)."""
+    if "libc" not in _state:
+        try:
+            libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+            libc.mallopt.argtypes, libc.mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
+            libc.malloc_trim.argtypes, libc.malloc_trim.restype = (ctypes.c_size_t,), ctypes.c_int
+        except (OSError, AttributeError):
+            libc = None
+        _state["libc"] = libc
+    return _state["libc"]
+
+
+def release_freed_memory() -> bool:
+    """Hand the free pages of glibc's heap back to the kernel (``malloc_trim(0)``); a no-op off glibc and once
+    :func:`keep_freed_memory` was called. Returns whether memory was released.
+
+    Blocks under glibc's mmap threshold (up to 32 MiB once large blocks have been freed) live in the heap, and a freed
+    block below a live one stays resident. Gradient checkpointing calls this between stages: measured on
+    CrossFormer-S training (batch 16, 224, 2 cores) it lowers the peak RSS from 1.91-1.96 to 1.65-1.75 GiB, at ~5 ms
+    a call.
+    """
+    libc = _glibc()
+    if libc is None or _state["done"]:
+        return False
+    return bool(libc.malloc_trim(0))
 
 
 def keep_freed_memory() -> bool:
@@ -36,12 +64,10 @@ def keep_freed_memory() -> bool:
     (False off glibc). Call it early, before the large allocations."""
     if _state["done"]:
         return True
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):  # not glibc (musl, macOS, Windows)
+    libc = _glibc()
+    if libc is None:
         return False
-    mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
+    mallopt = libc.mallopt
     # mallopt returns 1 on success; the trim threshold is an int, so its largest value is 2**31 - 1 bytes
     _state["done"] = bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
     return _state["done"]

@@ -26,6 +26,7 @@ from timm.models._features import feature_take_indices
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from ..engine.allocator import release_freed_memory
 from ..layers import (
     LDA_RULES,
     CrossScaleEmbedding,
@@ -111,6 +112,11 @@ class CrossFormerBlock(nn.Module):
         return x
 
 
+def _release_after_backward(grad: torch.Tensor) -> None:
+    """Gradient hook on a checkpointed stage's input: the stage's backward pass is done, release what it freed."""
+    release_freed_memory()
+
+
 class CrossFormerStage(nn.Module):
     """Blocks alternating SDA / LDA (SDA first), followed by cross-scale patch merging (except the last stage).
 
@@ -139,6 +145,7 @@ class CrossFormerStage(nn.Module):
         super().__init__()
         drop_path = list(drop_path) or [0.0] * depth
         self.grad_checkpointing = False
+        self.release_memory = True  # with grad checkpointing: return freed heap memory between stages
         self.blocks = nn.ModuleList(
             CrossFormerBlock(
                 dim,
@@ -168,11 +175,15 @@ class CrossFormerStage(nn.Module):
 
     def forward_blocks(self, x: torch.Tensor) -> torch.Tensor:
         """[B, H, W, C] -> [B, H, W, C] (the stage's feature map)."""
+        ckpt = self.grad_checkpointing and torch.is_grad_enabled() and not torch.jit.is_scripting()
+        if ckpt and self.release_memory and not torch.compiler.is_compiling():
+            # the point of checkpointing is memory: return the heap pages the previous stage freed to the kernel,
+            # here and, in the backward pass, once this stage's gradients are done (engine/allocator.py)
+            release_freed_memory()
+            if x.requires_grad:
+                x.register_hook(_release_after_backward)
         for block in self.blocks:
-            if self.grad_checkpointing and torch.is_grad_enabled() and not torch.jit.is_scripting():
-                x = checkpoint(block, x, use_reentrant=False)
-            else:
-                x = block(x)
+            x = checkpoint(block, x, use_reentrant=False) if ckpt else block(x)
         return x
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -329,9 +340,15 @@ class CrossFormer(nn.Module):
         )
 
     @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
+    def set_grad_checkpointing(self, enable: bool = True, release_memory: bool = True) -> None:
+        """Recompute each block's activations in the backward pass instead of keeping them.
+
+        With ``release_memory`` the free pages of glibc's heap go back to the kernel between stages (forward and
+        backward), which is where most of the saving in peak RSS comes from on CPU (see ``engine/allocator.py``).
+        """
         for stage in self.layers:
             stage.grad_checkpointing = enable
+            stage.release_memory = release_memory
 
     @torch.jit.ignore
     def get_classifier(self) -> nn.Module:
