@@ -50,7 +50,7 @@ def release_freed_memory() -> bool:
 
     Blocks under glibc's mmap threshold (up to 32 MiB once large blocks have been freed) live in the heap, and a freed
     block below a live one stays resident. Gradient checkpointing calls this between stages: measured on
-    CrossFormer-S training (batch 16, 224, 2 cores) it lowers the peak RSS from 1.91-1.96 to 1.65-1.75 GiB, at ~5 ms
+    CrossFormer-S training (batch 16, 224, 2 cores) it lowers the peak RSS from 1.87-1.98 to 1.67-1.71 GiB, at ~5 ms
     a call.
     """
     libc = _glibc()
