@@ -8,8 +8,9 @@ reused as they are and (almost) nothing faults; the peak RSS is that of the larg
 
 It trades memory for time. Measured on 2 cores with huge pages on (alternating processes):
 
-* inference, CrossFormer-S, batch 32, 224: fp32 14.2 -> 16.5 img/s (median of three processes each), bf16 autocast
-  ~25 -> ~28 img/s, peak RSS 1.27 -> 1.51 GiB; batch 1 at 1344: 0.37 -> 0.46 img/s, 1.43 -> 1.72 GiB;
+* inference, CrossFormer-S, batch 32, 224: fp32 13.3-14.2 -> 15.7-16.5 img/s (medians of three processes each),
+  bf16 autocast 24.3-25.4 -> 26.1-28.8 img/s, peak RSS 1.25-1.30 -> 1.51-1.72 GiB; batch 1 at 1344: 0.37 -> 0.46 img/s,
+  1.43 -> 1.72 GiB;
 * training, CrossFormer-S, batch 16: ~6 % faster steps (median 3.38 vs 3.59 s) but peak RSS 2.82-2.88 ->
   3.14-3.30 GiB.
 
