@@ -176,9 +176,10 @@ class CrossFormerStage(nn.Module):
     def forward_blocks(self, x: torch.Tensor) -> torch.Tensor:
         """[B, H, W, C] -> [B, H, W, C] (the stage's feature map)."""
         ckpt = self.grad_checkpointing and torch.is_grad_enabled() and not torch.jit.is_scripting()
-        if ckpt and self.release_memory and not torch.compiler.is_compiling():
+        if ckpt and self.release_memory and x.device.type == "cpu" and not torch.compiler.is_compiling():
             # the point of checkpointing is memory: return the heap pages the previous stage freed to the kernel,
-            # here and, in the backward pass, once this stage's gradients are done (engine/allocator.py)
+            # here and, in the backward pass, once this stage's gradients are done (engine/allocator.py); activations
+            # on an accelerator leave glibc's heap alone, so there the call would only cost time
             release_freed_memory()
             if x.requires_grad:
                 x.register_hook(_release_after_backward)
