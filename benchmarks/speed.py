@@ -200,26 +200,29 @@ def matmul_peak(dtype_name: str, threads: int, n: int = 4096, runs: int = 10) ->
     return 2 * n**3 / statistics.median(times) / 1e9
 
 
-def _bf16_agreement(model, x, batch: int = 32) -> dict:
-    """Top-1 agreement of ``model`` under bf16 autocast and as a bf16 model with its fp32 predictions on ``x``."""
+def _bf16_agreement(model, x, labels=None, batch: int = 32) -> dict:
+    """Top-1 agreement of ``model`` under bf16 autocast and as a bf16 model with its fp32 predictions on ``x``
+    (and the fp32 top-1 accuracy when ``labels`` are given). The model is back in fp32 afterwards."""
     import torch
 
     with torch.inference_mode():
         ref = torch.cat([model(c) for c in x.split(batch)]).float()
         with torch.autocast("cpu", dtype=torch.bfloat16):
             auto = torch.cat([model(c) for c in x.split(batch)]).float()
-        model16 = model.to(torch.bfloat16)
-        cast = torch.cat([model16(c.to(torch.bfloat16)) for c in x.split(batch)]).float()
+        model.to(torch.bfloat16)
+        cast = torch.cat([model(c.to(torch.bfloat16)) for c in x.split(batch)]).float()
         model.float()
     top2 = ref.topk(2, dim=-1).values
-    return {
+    out = {
         "images": len(x),
         "bf16_autocast_top1_agreement": float((auto.argmax(-1) == ref.argmax(-1)).float().mean()) * 100,
         "bf16_model_top1_agreement": float((cast.argmax(-1) == ref.argmax(-1)).float().mean()) * 100,
         "median_top1_margin": float((top2[:, 0] - top2[:, 1]).median()),
         "mean_abs_logit_error_autocast": float((auto - ref).abs().mean()),
-        "fp32_predictions": ref.argmax(-1),
     }
+    if labels is not None:
+        out["fp32_top1_accuracy"] = float((ref.argmax(-1) == labels).float().mean()) * 100
+    return out
 
 
 def agreement(threads: int, images: int) -> dict:
@@ -252,9 +255,7 @@ def agreement(threads: int, images: int) -> dict:
     tf = create_transform(input_size=(3, 224, 224), crop_pct=1.0, interpolation="bicubic")
     data = FashionMNIST(split="test", transform=tf, limit=images)
     x = torch.stack([data[i][0] for i in range(len(data))])
-    out = _bf16_agreement(model, x)
-    del out["fp32_predictions"]
-    return out
+    return _bf16_agreement(model, x)
 
 
 def trained_agreement(threads: int, images: int, steps: int, batch: int = 64, size: int = 64) -> dict:
@@ -301,15 +302,14 @@ def trained_agreement(threads: int, images: int, steps: int, batch: int = 64, si
         sched.step()
         if i % 20 == 0 or i == steps - 1:
             print(f"  agreement model: step {i + 1}/{steps}, loss {loss.item():.3f}", file=sys.stderr, flush=True)
-    out = _bf16_agreement(model.eval(), x_test)
-    out.update(
-        steps=steps,
-        batch=batch,
-        size=size,
-        train_seconds=time.perf_counter() - start,
-        fp32_top1_accuracy=float((out.pop("fp32_predictions") == y_test).float().mean()) * 100,
-    )
-    return out
+    seconds = time.perf_counter() - start
+    return {
+        **_bf16_agreement(model.eval(), x_test, y_test),
+        "steps": steps,
+        "batch": batch,
+        "size": size,
+        "train_seconds": seconds,
+    }
 
 
 def targets(result: dict, official: dict, peak32: float) -> list[str]:
