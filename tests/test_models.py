@@ -220,6 +220,7 @@ def test_small_cpu_groups_take_the_explicit_path_with_the_same_output(monkeypatc
         return sdpa(q, *args, **kwargs)
 
     monkeypatch.setattr(attention.F, "scaled_dot_product_attention", spy)
+    monkeypatch.setattr(GroupAttention, "cpu_blocked_attention", False)  # this test is about SDPA's routing
     with torch.no_grad():
         monkeypatch.setattr(GroupAttention, "cpu_sdpa_min_tokens", 0)
         ref = model(x)
@@ -229,6 +230,53 @@ def test_small_cpu_groups_take_the_explicit_path_with_the_same_output(monkeypatc
         out = model(x)
     assert sizes and min(sizes) >= 17  # the 16-token groups went the explicit way, the others still through SDPA
     torch.testing.assert_close(out, ref, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("block_bytes", [1, 50_000, 1 << 18])  # one group per block, ragged blocks, the default
+def test_blocked_cpu_attention_matches_sdpa(monkeypatch, block_bytes):
+    from crossformer_vision.layers.attention import GroupAttention
+
+    # 112 x 84: padded LDA layouts (per-group masks) next to unpadded ones; 49- and 64-token groups
+    model = cf.create_model("crossformer_s", group_size=(7, 7, 8, 4), crs_interval=(4, 2, 1, 1), **TINY).eval()
+    x = torch.randn(3, 3, 112, 84)
+    blocks = []
+    original = GroupAttention._attend_blocked
+
+    def spy(self, q, k, v, mask, block):
+        blocks.append((q.shape[0], block))
+        return original(self, q, k, v, mask, block)
+
+    monkeypatch.setattr(GroupAttention, "_attend_blocked", spy)
+    monkeypatch.setattr(GroupAttention, "cpu_block_bytes", block_bytes)
+    with torch.no_grad():
+        monkeypatch.setattr(GroupAttention, "cpu_blocked_attention", False)
+        ref = model(x)
+        assert not blocks
+        monkeypatch.setattr(GroupAttention, "cpu_blocked_attention", True)
+        out = model(x)
+    assert blocks
+    if block_bytes == 1:
+        assert {b for _, b in blocks} == {1}
+    if block_bytes == 50_000:
+        assert any(n % b for n, b in blocks)  # a last block shorter than the others
+    torch.testing.assert_close(out, ref, rtol=0, atol=1e-5)
+
+
+def test_blocked_cpu_attention_only_for_float32_inference(monkeypatch):
+    from crossformer_vision.layers.attention import GroupAttention
+
+    model = tiny("crossformer_s").eval()
+    x = torch.randn(2, 3, 64, 64)
+    taken = []
+    original = GroupAttention._attend_blocked
+    monkeypatch.setattr(GroupAttention, "_attend_blocked", lambda self, *a: taken.append(1) or original(self, *a))
+    model(x).sum().backward()  # autograd: SDPA or the explicit path, never the blocked one
+    with torch.no_grad():
+        model.to(torch.bfloat16)(x.to(torch.bfloat16))
+    assert not taken
+    with torch.inference_mode():
+        model.float()(x)
+    assert taken
 
 
 def test_train_mode_drop_path_is_stochastic_and_eval_is_deterministic():

@@ -20,14 +20,14 @@ import torch.nn.functional as F
 from torch import nn
 
 try:  # a dispatch mode (FlopCounterMode, fake tensors, ...) must see the ordinary aten ops
-    from torch.utils._python_dispatch import is_in_torch_dispatch_mode as _in_dispatch_mode
+    from torch.utils._python_dispatch import is_in_torch_dispatch_mode as in_dispatch_mode
 except ImportError:  # pragma: no cover - older torch
 
-    def _in_dispatch_mode() -> bool:
+    def in_dispatch_mode() -> bool:
         return True
 
 
-__all__ = ["fused_linear", "set_fused_linear"]
+__all__ = ["fused_linear", "in_dispatch_mode", "set_fused_linear"]
 
 
 def _available() -> bool:
@@ -53,7 +53,7 @@ def _fused_dtype(x: torch.Tensor, weight: torch.Tensor) -> torch.dtype | None:
         and x.device.type == "cpu"
         and not torch.compiler.is_compiling()
         and not torch.jit.is_scripting()
-        and not _in_dispatch_mode()
+        and not in_dispatch_mode()
     ):
         return None
     if torch.is_autocast_enabled("cpu"):
