@@ -248,6 +248,7 @@ def test_blocked_cpu_attention_matches_sdpa(monkeypatch, block_bytes):
 
     monkeypatch.setattr(GroupAttention, "_attend_blocked", spy)
     monkeypatch.setattr(GroupAttention, "cpu_block_bytes", block_bytes)
+    monkeypatch.setattr(GroupAttention, "cpu_blocked_min_bytes", 0)  # tiny inputs: take the path anyway
     with torch.no_grad():
         monkeypatch.setattr(GroupAttention, "cpu_blocked_attention", False)
         ref = model(x)
@@ -262,7 +263,7 @@ def test_blocked_cpu_attention_matches_sdpa(monkeypatch, block_bytes):
     torch.testing.assert_close(out, ref, rtol=0, atol=1e-5)
 
 
-def test_blocked_cpu_attention_only_for_float32_inference(monkeypatch):
+def test_blocked_cpu_attention_only_for_large_float32_inference(monkeypatch):
     from crossformer_vision.layers.attention import GroupAttention
 
     model = tiny("crossformer_s").eval()
@@ -270,6 +271,10 @@ def test_blocked_cpu_attention_only_for_float32_inference(monkeypatch):
     taken = []
     original = GroupAttention._attend_blocked
     monkeypatch.setattr(GroupAttention, "_attend_blocked", lambda self, *a: taken.append(1) or original(self, *a))
+    with torch.inference_mode():
+        model(x)
+    assert not taken  # scores of a few KiB per call: below cpu_blocked_min_bytes, SDPA
+    monkeypatch.setattr(GroupAttention, "cpu_blocked_min_bytes", 0)
     model(x).sum().backward()  # autograd: SDPA or the explicit path, never the blocked one
     with torch.no_grad():
         model.to(torch.bfloat16)(x.to(torch.bfloat16))

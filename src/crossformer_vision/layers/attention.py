@@ -122,10 +122,13 @@ class GroupAttention(nn.Module):
     # float32 CPU inference: where SDPA would run and the scores of one group (all heads) fit in a core's L2, the
     # explicit math runs a few groups at a time instead, so the scores never leave the cache (measured on 2 cores,
     # batch 32 at 224, attention time per forward: CrossFormer++-S's 196-token groups 470 -> 378-398 ms, CrossFormer-S
-    # 250-286 -> 219-278 ms, -T 158 -> 146 ms, -B 442 -> 442-444 ms; benchmarks/speed.py has the whole-model figures)
+    # 250-286 -> 219-278 ms, -T 158 -> 146 ms, -B 442 -> 442-444 ms; benchmarks/speed.py has the whole-model figures).
+    # Only for calls whose scores add up to at least cpu_blocked_min_bytes: on less (CrossFormer-S at batch 1) the
+    # per-block op overhead outweighs it (224: 79.9 -> 82.4 ms, 448: 266 -> 270 ms per image with blocks there).
     cpu_blocked_attention = True
     cpu_block_bytes = 1 << 18  # scores per block
     cpu_blocked_max_group_bytes = 1 << 21  # larger groups stay with SDPA's flash kernel (it never holds all scores)
+    cpu_blocked_min_bytes = 1 << 24
 
     def _blocked(self, q: torch.Tensor, mask: torch.Tensor) -> int:
         """Groups per block for the blocked CPU path, or 0 where it does not apply."""
@@ -139,6 +142,7 @@ class GroupAttention(nn.Module):
             and mask.ndim == 4
             and mask.shape[0] == 1
             and group_bytes <= self.cpu_blocked_max_group_bytes
+            and bg * group_bytes >= self.cpu_blocked_min_bytes
             and not torch.is_grad_enabled()
             and not (self.training and self.attn_drop.p > 0)
             and not torch.compiler.is_compiling()
