@@ -121,8 +121,8 @@ class GroupAttention(nn.Module):
 
     # float32 CPU inference: where SDPA would run and the scores of one group (all heads) fit in a core's L2, the
     # explicit math runs a few groups at a time instead, so the scores never leave the cache (measured on 2 cores,
-    # batch 32 at 224, attention time per forward: CrossFormer++-S's 196-token groups 470 -> 378-398 ms, CrossFormer-S
-    # 250-286 -> 219-278 ms, -T 158 -> 146 ms, -B 442 -> 442-444 ms; benchmarks/speed.py has the whole-model figures).
+    # batch 32 at 224: CrossFormer++-S's attention, mostly its 196-token groups, 465-470 -> 378-398 ms per forward, the
+    # whole model 4-5 % faster; CrossFormer-S 0-1 %, -B no change; benchmarks/speed.py has the whole-model figures).
     # Only for calls whose scores add up to at least cpu_blocked_min_bytes: on less (CrossFormer-S at batch 1) the
     # per-block op overhead outweighs it (224: 79.9 -> 82.4 ms, 448: 266 -> 270 ms per image with blocks there).
     cpu_blocked_attention = True
