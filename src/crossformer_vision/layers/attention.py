@@ -132,13 +132,14 @@ class GroupAttention(nn.Module):
 
     def _blocked(self, q: torch.Tensor, mask: torch.Tensor) -> int:
         """Groups per block for the blocked CPU path, or 0 where it does not apply."""
+        if q.ndim != 4:
+            return 0
         bg, heads, n, _ = q.shape
         group_bytes = heads * n * n * q.element_size()
         if not (
             self.cpu_blocked_attention
             and q.device.type == "cpu"
             and q.dtype == torch.float32
-            and q.ndim == 4
             and mask.ndim == 4
             and mask.shape[0] == 1
             and group_bytes <= self.cpu_blocked_max_group_bytes
