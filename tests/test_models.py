@@ -15,6 +15,21 @@ def tiny(name: str, **kwargs) -> cf.CrossFormer:
     return cf.create_model(name, **{**TINY, **kwargs})
 
 
+def spy_attention(monkeypatch, method: str) -> list:
+    """Wrap ``GroupAttention.<method>``; returns the list of the positional arguments (after self) of each call."""
+    from crossformer_vision.layers.attention import GroupAttention
+
+    calls = []
+    original = getattr(GroupAttention, method)
+
+    def spy(self, *args):
+        calls.append(args)
+        return original(self, *args)
+
+    monkeypatch.setattr(GroupAttention, method, spy)
+    return calls
+
+
 @pytest.mark.parametrize("name", VARIANTS)
 def test_forward_backward_every_parameter_gets_a_gradient(name):
     model = tiny(name)
@@ -238,23 +253,21 @@ def test_blocked_cpu_attention_matches_sdpa(monkeypatch, block_bytes):
 
     # 112 x 84: padded LDA layouts (per-group masks) next to unpadded ones; 49- and 64-token groups
     model = cf.create_model("crossformer_s", group_size=(7, 7, 8, 4), crs_interval=(4, 2, 1, 1), **TINY).eval()
+    with torch.no_grad():  # peaked attention (the init's tiny q k^T is nearly uniform and would hide a wrong scale)
+        for m in model.modules():
+            if isinstance(m, GroupAttention):
+                m.qkv.weight.normal_(0, 0.1)
     x = torch.randn(3, 3, 112, 84)
-    blocks = []
-    original = GroupAttention._attend_blocked
-
-    def spy(self, q, k, v, mask, block):
-        blocks.append((q.shape[0], block))
-        return original(self, q, k, v, mask, block)
-
-    monkeypatch.setattr(GroupAttention, "_attend_blocked", spy)
+    calls = spy_attention(monkeypatch, "_attend_blocked")
     monkeypatch.setattr(GroupAttention, "cpu_block_bytes", block_bytes)
     monkeypatch.setattr(GroupAttention, "cpu_blocked_min_bytes", 0)  # tiny inputs: take the path anyway
     with torch.no_grad():
         monkeypatch.setattr(GroupAttention, "cpu_blocked_attention", False)
         ref = model(x)
-        assert not blocks
+        assert not calls
         monkeypatch.setattr(GroupAttention, "cpu_blocked_attention", True)
         out = model(x)
+    blocks = [(q.shape[0], block) for q, _, _, _, block in calls]  # (groups, groups per block)
     assert blocks
     if block_bytes == 1:
         assert {b for _, b in blocks} == {1}
@@ -268,9 +281,7 @@ def test_blocked_cpu_attention_only_for_large_float32_inference(monkeypatch):
 
     model = tiny("crossformer_s").eval()
     x = torch.randn(2, 3, 64, 64)
-    taken = []
-    original = GroupAttention._attend_blocked
-    monkeypatch.setattr(GroupAttention, "_attend_blocked", lambda self, *a: taken.append(1) or original(self, *a))
+    taken = spy_attention(monkeypatch, "_attend_blocked")
     with torch.inference_mode():
         model(x)
     assert not taken  # scores of a few KiB per call: below cpu_blocked_min_bytes, SDPA
@@ -427,14 +438,7 @@ def test_grouped_token_sdpa_path_equals_the_qkv_grouping_path(hw, monkeypatch):
     torch.manual_seed(0)
     model = cf.create_model("crossformer_s", group_size=(4, 4, 2, 1), crs_interval=(2, 2, 1, 1), **TINY).eval()
     x = torch.randn(2, 3, *hw)
-    taken = []
-    original = GroupAttention._forward_grouped_tokens
-
-    def spy(self, *args):
-        taken.append(True)
-        return original(self, *args)
-
-    monkeypatch.setattr(GroupAttention, "_forward_grouped_tokens", spy)
+    taken = spy_attention(monkeypatch, "_forward_grouped_tokens")
     with torch.no_grad():
         monkeypatch.setattr(GroupAttention, "_group_tokens_first", False)
         ref = model(x)

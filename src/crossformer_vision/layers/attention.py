@@ -10,7 +10,7 @@ from timm.layers import use_fused_attn
 from torch import nn
 
 from .grouping import GroupLayout
-from .linear import fused_linear, in_dispatch_mode
+from .linear import eager_cpu_inference, fused_linear
 from .position_bias import DynamicPositionBias
 from .recompute import norm_linear
 
@@ -138,17 +138,13 @@ class GroupAttention(nn.Module):
         group_bytes = heads * n * n * q.element_size()
         if not (
             self.cpu_blocked_attention
-            and q.device.type == "cpu"
             and q.dtype == torch.float32
             and mask.ndim == 4
             and mask.shape[0] == 1
             and group_bytes <= self.cpu_blocked_max_group_bytes
             and bg * group_bytes >= self.cpu_blocked_min_bytes
-            and not torch.is_grad_enabled()
             and not (self.training and self.attn_drop.p > 0)
-            and not torch.compiler.is_compiling()
-            and not torch.jit.is_scripting()
-            and not in_dispatch_mode()
+            and eager_cpu_inference(q)
         ):
             return 0
         return max(1, min(bg, self.cpu_block_bytes // group_bytes))

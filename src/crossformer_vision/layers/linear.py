@@ -20,14 +20,14 @@ import torch.nn.functional as F
 from torch import nn
 
 try:  # a dispatch mode (FlopCounterMode, fake tensors, ...) must see the ordinary aten ops
-    from torch.utils._python_dispatch import is_in_torch_dispatch_mode as in_dispatch_mode
+    from torch.utils._python_dispatch import is_in_torch_dispatch_mode as _in_dispatch_mode
 except ImportError:  # pragma: no cover - older torch
 
-    def in_dispatch_mode() -> bool:
+    def _in_dispatch_mode() -> bool:
         return True
 
 
-__all__ = ["fused_linear", "in_dispatch_mode", "set_fused_linear"]
+__all__ = ["eager_cpu_inference", "fused_linear", "set_fused_linear"]
 
 
 def _available() -> bool:
@@ -45,16 +45,21 @@ def set_fused_linear(enabled: bool) -> None:
 _cast_weights: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # layer -> (key, weight, bias) under autocast
 
 
-def _fused_dtype(x: torch.Tensor, weight: torch.Tensor) -> torch.dtype | None:
-    """The dtype the fused kernel runs in for this call, or None where it must not run."""
-    if not (
-        _state["enabled"]
-        and not torch.is_grad_enabled()
+def eager_cpu_inference(x: torch.Tensor) -> bool:
+    """Whether a CPU-only inference kernel may replace the plain ops for ``x``: a CPU tensor, no autograd, eager mode
+    (not compiling, scripting or exporting, nor under a dispatch mode such as ``FlopCounterMode``)."""
+    return (
+        not torch.is_grad_enabled()
         and x.device.type == "cpu"
         and not torch.compiler.is_compiling()
         and not torch.jit.is_scripting()
-        and not in_dispatch_mode()
-    ):
+        and not _in_dispatch_mode()
+    )
+
+
+def _fused_dtype(x: torch.Tensor, weight: torch.Tensor) -> torch.dtype | None:
+    """The dtype the fused kernel runs in for this call, or None where it must not run."""
+    if not (_state["enabled"] and eager_cpu_inference(x)):
         return None
     if torch.is_autocast_enabled("cpu"):
         dtype = torch.get_autocast_dtype("cpu")
