@@ -169,3 +169,19 @@ def test_gradient_accumulation_counts_optimizer_steps(tmp_path):
     trainer.fit()
     assert trainer.steps_per_epoch == 2  # 8 micro-batches of 8 per epoch, 3 per step
     assert trainer.global_step == 4
+
+
+def test_deterministic_mode_is_strict_on_cpu_and_warns_on_cuda():
+    from crossformer_vision.engine import set_deterministic
+
+    try:
+        set_deterministic(True)
+        assert torch.are_deterministic_algorithms_enabled()
+        assert not torch.is_deterministic_algorithms_warn_only_enabled()
+        # some CUDA backward kernels of the dense heads have no deterministic version: warn, naming the op, not stop
+        set_deterministic(True, "cuda")
+        assert torch.are_deterministic_algorithms_enabled()
+        assert torch.is_deterministic_algorithms_warn_only_enabled()
+    finally:
+        set_deterministic(False)
+    assert not torch.are_deterministic_algorithms_enabled()

@@ -30,11 +30,16 @@ def seed_step(seed: int, step: int, micro: int = 0, rank: int = 0) -> None:
     torch.manual_seed(s)
 
 
-def set_deterministic(enabled: bool = True) -> None:
-    """Deterministic kernels (bitwise-reproducible runs on CPU; slower on GPU)."""
+def set_deterministic(enabled: bool = True, device: torch.device | str = "cpu") -> None:
+    """Deterministic kernels: bitwise-reproducible runs (and exact resume) on CPU; on CUDA, slower.
+
+    On CUDA some kernels the segmentation and detection models need have no deterministic version (bilinear
+    upsampling's and torchvision's RoIAlign backward, for example): there PyTorch warns, naming the op, instead of
+    stopping the run, and every other op runs its deterministic kernel.
+    """
     if enabled:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.use_deterministic_algorithms(enabled, warn_only=False)
+    torch.use_deterministic_algorithms(enabled, warn_only=enabled and torch.device(device).type == "cuda")
     torch.backends.cudnn.benchmark = not enabled
     torch.backends.cudnn.deterministic = enabled
 

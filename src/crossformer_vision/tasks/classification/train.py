@@ -108,7 +108,7 @@ def train(cfg: dict[str, Any], resume: str | Path | None = None, force_resume: b
     dist = init_distributed(t["device"])
     seed_everything(t["seed"])  # the same initial weights on every process
     if t["deterministic"]:
-        set_deterministic(True)
+        set_deterministic(True, dist.device)
     run_dir = Path(t["output_dir"])
     if resume is not None:
         _check_resume(cfg, resume, force_resume)

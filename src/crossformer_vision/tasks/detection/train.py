@@ -111,7 +111,7 @@ def train(cfg: dict[str, Any], resume: str | Path | None = None, force_resume: b
     dist = init_distributed(t["device"])
     seed_everything(t["seed"])  # the same initial weights on every process
     if t["deterministic"]:
-        set_deterministic(True)
+        set_deterministic(True, dist.device)
     if t["batch_size"] < 1:
         raise ValueError(f"train.batch_size must be >= 1, got {t['batch_size']}")
     run_dir = Path(t["output_dir"])
