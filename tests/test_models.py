@@ -1,5 +1,7 @@
 """Generic model-contract tests over every registered variant, with tiny widths."""
 
+import copy
+
 import pytest
 import timm
 import torch
@@ -375,6 +377,27 @@ def test_fused_linear_under_autocast_runs_in_bfloat16_and_follows_weight_changes
     with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
         flipped = fused_linear(x, layer)
         torch.testing.assert_close(flipped.float(), layer(x).float(), atol=0.03, rtol=0.02)
+
+
+@pytest.mark.parametrize("amp", [False, True], ids=["fp32", "bf16-autocast"])
+def test_inference_caches_follow_fused_optimizer_steps(amp):
+    """torch's fused AdamW updates parameters without bumping their version counters: the cached bf16 weight casts
+    and position-bias masks must still be rebuilt after its steps (here with the model left in eval mode)."""
+    torch.manual_seed(0)
+    model = tiny("crossformer_s").eval()
+    for p in model.parameters():  # rewards any change of any weight
+        p.grad = torch.randn_like(p)
+    opt = torch.optim.AdamW(model.parameters(), lr=0.05, fused=True)
+    x = torch.randn(2, 3, 64, 64)
+
+    def run(m):
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+            return m(x).float()
+
+    run(model)  # fills the caches
+    opt.step()
+    fresh = copy.deepcopy(model)  # new storages: nothing cached applies to it
+    torch.testing.assert_close(run(model), run(fresh), rtol=0, atol=0)
 
 
 def test_autocast_keeps_the_position_bias_and_the_head_in_float32():

@@ -18,7 +18,10 @@ def add_args(p: argparse.ArgumentParser) -> None:
         "--trust-checkpoint", action="store_true", help="allow arbitrary pickled objects (trusted files only)"
     )
     p.add_argument(
-        "overrides", nargs="*", metavar="KEY=VALUE", help="data overrides, e.g. data.dataset=folder data.root=/imagenet"
+        "overrides",
+        nargs="*",
+        metavar="KEY=VALUE",
+        help="overrides, e.g. data.dataset=folder data.root=/imagenet, or train.amp=bf16 (default: the run's own)",
     )
 
 

@@ -10,7 +10,7 @@ from timm.layers import use_fused_attn
 from torch import nn
 
 from .grouping import GroupLayout
-from .linear import eager_cpu_inference, fused_linear
+from .linear import eager_cpu_inference, fused_linear, weights_generation
 from .position_bias import DynamicPositionBias
 from .recompute import norm_linear
 
@@ -84,12 +84,14 @@ class GroupAttention(nn.Module):
         """Position bias plus padding mask: [heads, N, N], or [num_groups, heads, N, N] with padding.
 
         Without autograd (inference) the result is cached per group layout and dtype; the key includes the
-        position-bias weights' storage and version counters, so any change to them (an optimizer step,
-        ``load_state_dict``, ``.to()``) recomputes it.
+        position-bias weights' storage and version counters and the optimizer-step counter
+        (:func:`~crossformer_vision.layers.linear.weights_generation`), so any change to them (an optimizer step,
+        fused or not, ``load_state_dict``, ``.to()``) recomputes it.
         """
         if torch.is_grad_enabled() or torch.compiler.is_compiling() or torch.jit.is_scripting():
             return self._build_mask(layout, dtype)
-        key = (layout, dtype, *((p.data_ptr(), p._version, p.dtype, p.device) for p in self.pos.parameters()))
+        params = ((p.data_ptr(), p._version, p.dtype, p.device) for p in self.pos.parameters())
+        key = (layout, dtype, weights_generation(), *params)
         mask = self._mask_cache.get(key)
         if mask is None:
             if len(self._mask_cache) >= _CACHE_ENTRIES:

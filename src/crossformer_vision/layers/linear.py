@@ -9,6 +9,10 @@ float32 / bfloat16, no autograd, eager mode (not while compiling or exporting, n
 Under CPU autocast to bfloat16 (which does not know this oneDNN op) the input is cast to bfloat16 and so are the
 weights, once per weight version (a cached copy per layer, dropped with the layer), as autocast would cast them for
 ``F.linear``: the result is autocast's, without a weight cast per call and with GELU fused.
+
+A weight version is its storage, its version counter and :func:`weights_generation`, which every optimizer step
+advances: torch's fused optimizers (``AdamW(fused=True)``) update parameters in place without bumping their version
+counters, and an evaluation between training steps would otherwise see the weights cast before them.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import weakref
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 try:  # a dispatch mode (FlopCounterMode, fake tensors, ...) must see the ordinary aten ops
     from torch.utils._python_dispatch import is_in_torch_dispatch_mode as _in_dispatch_mode
@@ -27,7 +32,22 @@ except ImportError:  # pragma: no cover - older torch
         return True
 
 
-__all__ = ["eager_cpu_inference", "fused_linear", "set_fused_linear"]
+__all__ = ["eager_cpu_inference", "fused_linear", "set_fused_linear", "weights_generation"]
+
+_generation = [0]
+
+
+def _optimizer_stepped(*_args) -> None:
+    _generation[0] += 1
+
+
+# a global hook: runs after the step of every torch.optim.Optimizer (timm's too), fused or not
+register_optimizer_step_post_hook(_optimizer_stepped)
+
+
+def weights_generation() -> int:
+    """A counter that every optimizer step advances: part of the key of every cache derived from weights."""
+    return _generation[0]
 
 
 def _available() -> bool:
@@ -71,7 +91,7 @@ def _weights(layer: nn.Linear, dtype: torch.dtype) -> tuple[torch.Tensor, torch.
     w, b = layer.weight, layer.bias
     if w.dtype == dtype and (b is None or b.dtype == dtype):
         return w, b
-    key = (dtype, w.data_ptr(), w._version, None if b is None else (b.data_ptr(), b._version))
+    key = (dtype, _generation[0], w.data_ptr(), w._version, None if b is None else (b.data_ptr(), b._version))
     cached = _cast_weights.get(layer)
     if cached is None or cached[0] != key:
         cached = _cast_weights[layer] = (key, w.detach().to(dtype), None if b is None else b.detach().to(dtype))

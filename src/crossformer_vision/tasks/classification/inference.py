@@ -87,7 +87,8 @@ def evaluate_checkpoint(
 
     The dataset is the run's validation data (for runs) unless ``overrides`` say otherwise
     (``data.dataset=folder data.root=/imagenet data.val_split=val``); preprocessing comes from the run or
-    from the model's pretrained config (resize 256 bicubic, centre crop 224 for ImageNet models).
+    from the model's pretrained config (resize 256 bicubic, centre crop 224 for ImageNet models). A run is
+    evaluated under its own autocast setting (``train.amp``), which an override can change (``train.amp=bf16``).
     """
     dist: DistInfo = init_distributed()
     model, info = load_any_classifier(checkpoint, model_name, trusted)
@@ -101,7 +102,11 @@ def evaluate_checkpoint(
     num_classes = len(info["classes"] or classes)
     if info["classes"] is not None and len(classes) != num_classes:
         raise ValueError(f"the model predicts {num_classes} classes but the dataset has {len(classes)}")
-    metrics, confusion = evaluate_classifier(model, val_ds, num_classes, dist, batch_size, cfg["data"]["workers"])
+    # the run's autocast setting (``train.amp=null`` overrides it), so a run evaluates to the metrics it reported
+    amp = cfg.get("train", {}).get("amp")
+    metrics, confusion = evaluate_classifier(
+        model, val_ds, num_classes, dist, batch_size, cfg["data"]["workers"], amp=amp
+    )
     names = info["classes"] or classes
     return {"metrics": metrics, "per_class": per_class_accuracy(confusion[: len(names), : len(names)], list(names))}
 
