@@ -193,7 +193,7 @@ def train_ab(args) -> list[dict]:
         set_conv_impl(model, stem, merges)
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=gpu.DEVICE == "cuda")
 
-        def step():
+        def step(model=model, opt=opt):
             opt.zero_grad(set_to_none=True)
             with gpu.autocast("bf16-autocast"):
                 loss = torch.nn.functional.cross_entropy(model(x).float(), y)
