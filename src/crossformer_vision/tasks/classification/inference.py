@@ -15,7 +15,7 @@ from timm.data import create_transform, resolve_model_data_config
 from torch import nn
 
 from ...data.folder import IMAGE_EXTENSIONS, load_rgb
-from ...engine import DistInfo, apply_overrides, init_distributed, load_config
+from ...engine import DistInfo, apply_overrides, autocast_context, init_distributed, load_config
 from ...models import detect_variant
 from ...models.io import read_checkpoint, read_state_dict
 from .config import DEFAULTS
@@ -134,9 +134,16 @@ def predict_images(
     model_name: str | None = None,
     batch_size: int = 32,
     trusted: bool = False,
+    device: str | None = None,
 ) -> list[dict[str, Any]]:
-    """Top-k labels with probabilities for images and folders of images."""
+    """Top-k labels with probabilities for images and folders of images.
+
+    Runs on ``device`` (default: the GPU when there is one), under the run's autocast setting (``train.amp``).
+    """
     model, info = load_any_classifier(checkpoint, model_name, trusted)
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model.to(dev).eval()
+    amp = (info["run_config"] or {}).get("train", {}).get("amp")
     dcfg = info["data_config"]
     transform = create_transform(
         input_size=tuple(dcfg["input_size"]),
@@ -155,7 +162,10 @@ def predict_images(
                 images.append(transform(load_rgb(p)))
             except (OSError, ValueError) as err:
                 errors[p] = str(err)
-        probs = model(torch.stack(images)).softmax(dim=-1) if images else torch.empty(0)
+        probs = torch.empty(0)
+        if images:
+            with autocast_context(dev, amp):
+                probs = model(torch.stack(images).to(dev)).float().softmax(dim=-1).cpu()
         k = min(topk, probs.shape[-1]) if images else 0
         it = iter(range(len(images)))
         for p in chunk:
