@@ -100,7 +100,8 @@ def test_classification_run_on_cuda_resumes_exactly(tmp_path):
     a, b = weights(full), weights(part)
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])][:5]
-    ev = json.loads(run_cli(["eval", "--checkpoint", str(full), "--json"]).stdout)
+    # the run's batch size and (since the fix) its bf16 autocast: the same kernels as the run's own final evaluation
+    ev = json.loads(run_cli(["eval", "--checkpoint", str(full), "--batch-size", "32", "--json"]).stdout)
     assert ev["metrics"]["top1"] == pytest.approx(json.loads((full / "results.json").read_text())["metrics"]["top1"])
 
 
