@@ -12,7 +12,8 @@ weights, once per weight version (a cached copy per layer, dropped with the laye
 
 A weight version is its storage, its version counter and :func:`weights_generation`, which every optimizer step
 advances: torch's fused optimizers (``AdamW(fused=True)``) update parameters in place without bumping their version
-counters, and an evaluation between training steps would otherwise see the weights cast before them.
+counters, and an evaluation between training steps would otherwise see the weights cast before them. Writes
+through ``.data`` (``p.data.copy_(w)``) are seen by neither; write to the parameter itself under ``torch.no_grad()``.
 """
 
 from __future__ import annotations
