@@ -13,7 +13,9 @@ large-input scaling table. Results are also written as JSON (``--out``).
   keeping freed memory (what the CLI's ``eval`` / ``predict`` commands set: far fewer page faults for some more peak
   RSS; ``crossformer_vision.engine.allocator``). Extra rows show CrossFormer-S inference with huge pages only and
   with the default allocator (4 KiB pages), as a plain script gets it, and training with the opt-in
-  ``CROSSFORMER_KEEP_FREED_MEMORY=1``.
+  ``CROSSFORMER_KEEP_FREED_MEMORY=1``. Where gperftools' tcmalloc is installed (Debian: ``libtcmalloc-minimal4``),
+  CrossFormer-S inference and training also run with it preloaded (``LD_PRELOAD``, as
+  ``python -m torch.backends.xeon.run_cpu --enable-tcmalloc`` does): an allocator that caches freed memory itself.
 * ``official``: numbers measured with the unmodified official code on this machine type (not re-run here;
   ``benchmarks/official_baseline.json``).
 
@@ -33,6 +35,7 @@ package's analytic count for CrossFormers (equal to torch's flop counter), torch
 Usage:
     python benchmarks/speed.py                 # the full table (about 30 minutes on 2 cores)
     python benchmarks/speed.py --quick         # a smaller, faster subset
+    python benchmarks/speed.py --training-only # the training rows alone (about 10 minutes with 2 rounds)
 """
 
 from __future__ import annotations
@@ -176,12 +179,21 @@ def run_spec(spec: dict) -> dict:
     env = dict(os.environ, OMP_NUM_THREADS=str(spec["threads"]))
     # huge pages for PyTorch's CPU allocator (what the `crossformer` CLI sets), for every row alike
     env["THP_MEM_ALLOC_ENABLE"] = "1" if spec.get("cli_memory", True) else "0"
+    if spec.get("preload"):
+        env["LD_PRELOAD"] = spec["preload"]
     proc = subprocess.run(
         [sys.executable, __file__, "--worker", json.dumps(spec)], capture_output=True, text=True, env=env, timeout=3600
     )
     if proc.returncode != 0:
         return {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit {proc.returncode}"}
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def tcmalloc() -> str | None:
+    """The soname of an installed tcmalloc (``LD_PRELOAD`` takes it), or None."""
+    import ctypes.util
+
+    return ctypes.util.find_library("tcmalloc_minimal") or ctypes.util.find_library("tcmalloc")
 
 
 def matmul_peak(dtype_name: str, threads: int, n: int = 4096, runs: int = 10) -> float:
@@ -358,11 +370,14 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer models and runs")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=2, help="measure every row this many times, keep the fastest")
+    parser.add_argument("--training-only", action="store_true", help="only the training rows (and the matmul peak)")
     parser.add_argument("--out", default=str(HERE / "results" / "speed_cpu.json"))
     args = parser.parse_args()
     if args.worker:
         print(json.dumps(worker(json.loads(args.worker))))
         return
+    if args.training_only and args.out == parser.get_default("out"):
+        args.out = str(Path(args.out).with_name("speed_cpu_training.json"))  # the full run's file stays
 
     from rich.console import Console
     from rich.table import Table
@@ -397,9 +412,13 @@ def main() -> None:
                 continue
             rows.append((f"ours {v}", {"mode": mode}, later({**inf, "kind": "ours", "name": v, "mode": mode})))
     s_inf = {**inf, "kind": "ours", "name": "crossformer_s", "mode": "fp32"}
+    preload = tcmalloc()
+    if not preload:
+        console.print("tcmalloc not found (Debian: apt install libtcmalloc-minimal4): no tcmalloc rows")
     for mode, change in (
         ("fp32, huge pages only", {"keep_freed": False}),
         ("fp32, default allocator", {"keep_freed": False, "cli_memory": False}),
+        *([("fp32, tcmalloc", {"keep_freed": False, "preload": preload})] if preload else []),
     ):
         rows.append(("ours crossformer_s", {"mode": mode}, later({**s_inf, **change})))
     for v in ["crossformer_s"] if args.quick else ["crossformer_s", "crossformerpp_s"]:
@@ -421,12 +440,16 @@ def main() -> None:
         ("ours crossformer_s", "fp32", {}),
         ("ours crossformer_s", "fp32, default allocator", {"cli_memory": False}),
         ("ours crossformer_s", "fp32, keep freed memory", {"keep_freed": True}),
+        *([("ours crossformer_s", "fp32, tcmalloc", {"preload": preload})] if preload else []),
         ("ours crossformer_s + grad ckpt", "fp32", {"grad_checkpointing": True}),
         ("ours crossformer_s", "bf16-autocast", {"mode": "bf16-autocast"}),
         ("reference crossformer_s", "fp32", {"kind": "reference", "fused": False}),
         ("timm swin_tiny_patch4_window7_224", "fp32", {"kind": "timm", "name": "swin_tiny_patch4_window7_224"}),
     ]
     trows = [(label, {"mode": mode}, later({**s_train, **change})) for label, mode, change in training_rows]
+    if args.training_only:
+        rows.clear()
+        pending[:] = [(spec, r) for spec, r in pending if spec["task"] == "train"]
 
     # rounds of every row in turn: the machine's speed drifts over minutes, so each row gets several chances and keeps
     # its fastest process (each process reports the median of its timed runs); peak RSS is the largest seen
@@ -496,6 +519,13 @@ def main() -> None:
         f"peak RSS {rss['crossformer_s']:.2f} GiB; swin_tiny {step['swin_tiny_patch4_window7_224']:.2f} s/step."
     )
 
+    if args.training_only:
+        result["targets"] = targets(result, official, peak32)
+        for line in result["targets"]:
+            console.print(line)
+        _write(result, Path(args.out), console)
+        return
+
     sizes = [224, 448] if args.quick else [224, 448, 896, 1344]
     large = Table(title="large inputs, batch 1, fp32 inference: img/s and peak RSS")
     for col in ("size", "ours crossformer_s img/s", "RSS GiB", "timm swin_tiny img/s", "RSS GiB", "ours tokens/s (M)"):
@@ -536,7 +566,10 @@ def main() -> None:
     result["targets"] = targets(result, official, peak32)
     for line in result["targets"]:
         console.print(line)
-    out = Path(args.out)
+    _write(result, Path(args.out), console)
+
+
+def _write(result: dict, out: Path, console) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     result["date"] = time.strftime("%Y-%m-%d")
     out.write_text(json.dumps(result, indent=1))

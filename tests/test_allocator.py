@@ -127,3 +127,74 @@ def test_release_freed_memory_returns_freed_heap_pages():
     dropped_on_free, dropped_on_release, released = out.stdout.split()
     assert float(dropped_on_free) < 32  # 128 MiB freed, but still resident
     assert float(dropped_on_release) > 96 and released == "True"
+
+
+# ---- tcmalloc for training commands (engine/allocator.py: preload_tcmalloc)
+
+
+@pytest.mark.parametrize(
+    ("command", "sub", "expected"),
+    [
+        ("train", None, True),
+        ("seg", "train", True),
+        ("det", "demo", True),
+        ("eval", None, False),
+        ("models", None, False),
+    ],
+)
+def test_tcmalloc_default_is_on_for_training_commands_only(command, sub, expected):
+    assert allocator.tcmalloc_wanted(command, sub, env={}) is expected
+    assert allocator.tcmalloc_wanted(command, sub, env={"CROSSFORMER_TCMALLOC": "0"}) is False
+    assert allocator.tcmalloc_wanted(command, sub, env={"CROSSFORMER_TCMALLOC": "1"}) is True
+    with pytest.raises(ValueError, match="CROSSFORMER_TCMALLOC must be 0 or 1"):
+        allocator.tcmalloc_wanted(command, sub, env={"CROSSFORMER_TCMALLOC": "on"})
+
+
+def test_command_of_a_raw_command_line():
+    from crossformer_vision.cli.main import _command_of
+
+    assert _command_of(["train", "--config", "x", "a=1"]) == ("train", None)
+    assert _command_of(["seg", "train", "--config", "x"]) == ("seg", "train")
+    assert _command_of(["det"]) == ("det", None)
+    assert _command_of([]) == (None, None)
+
+
+def test_preload_restarts_the_process_with_tcmalloc(monkeypatch):
+    calls = []
+    monkeypatch.setattr(allocator, "tcmalloc_library", lambda: "libtcmalloc_test.so.4")
+    monkeypatch.setattr(os, "execv", lambda exe, argv: calls.append((exe, list(argv), dict(os.environ))))
+    for var in ("CROSSFORMER_TCMALLOC", "CROSSFORMER_TCMALLOC_PRELOADED", "LD_PRELOAD"):
+        monkeypatch.delenv(var, raising=False)
+    allocator.preload_tcmalloc("eval")  # not a training command: nothing
+    assert calls == []
+    allocator.preload_tcmalloc("train")
+    ((exe, argv, env),) = calls
+    assert exe == sys.executable and argv == sys.orig_argv
+    assert env["LD_PRELOAD"] == "libtcmalloc_test.so.4" and env["CROSSFORMER_TCMALLOC_PRELOADED"]
+    assert "running with tcmalloc (libtcmalloc_test.so.4" in allocator.tcmalloc_notice()
+    allocator.preload_tcmalloc("train")  # the restarted process: no second restart
+    assert len(calls) == 1
+
+
+def test_preload_asked_for_but_missing_is_a_clear_error(monkeypatch):
+    monkeypatch.setattr(allocator, "tcmalloc_library", lambda: None)
+    monkeypatch.setattr(os, "execv", lambda *a: pytest.fail("must not restart"))
+    monkeypatch.delenv("CROSSFORMER_TCMALLOC_PRELOADED", raising=False)
+    monkeypatch.delenv("LD_PRELOAD", raising=False)
+    monkeypatch.delenv("CROSSFORMER_TCMALLOC", raising=False)
+    allocator.preload_tcmalloc("train")  # not installed, not asked for: the default allocator
+    monkeypatch.setenv("CROSSFORMER_TCMALLOC", "1")
+    with pytest.raises(ValueError, match="apt install libtcmalloc-minimal4"):
+        allocator.preload_tcmalloc("train")
+
+
+@pytest.mark.skipif(allocator.tcmalloc_library() is None, reason="tcmalloc is not installed")
+def test_training_cli_runs_with_tcmalloc_when_installed(tmp_path):
+    from train_utils import TINY_RUN, run_cli
+
+    run = [*TINY_RUN, "sched.epochs=1", "data.train_limit=64", "data.val_limit=32"]
+    proc = run_cli(["train", *run, f"train.output_dir={tmp_path / 'a'}"])
+    assert "running with tcmalloc" in proc.stderr
+    env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
+    proc = run_cli(["train", *run, f"train.output_dir={tmp_path / 'b'}"], env={**env, "CROSSFORMER_TCMALLOC": "0"})
+    assert "tcmalloc" not in proc.stderr

@@ -39,7 +39,7 @@ TINY_RUN = [
 
 
 def run_cli(args: list[str], check: bool = True, timeout: int = 300, **popen) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONHASHSEED="0", OMP_NUM_THREADS="1")
+    env = dict(popen.pop("env", os.environ), PYTHONHASHSEED="0", OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "crossformer_vision.cli.main", *args]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout, **popen)
     if check and proc.returncode != 0:

@@ -45,8 +45,34 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _command_of(argv: list[str]) -> tuple[str | None, str | None]:
+    """(command, subcommand) from a raw command line, before parsing (options before them are skipped)."""
+    words = [a for a in argv if not a.startswith("-")]
+    command = words[0] if words else None
+    return command, (words[1] if command in ("seg", "det") and len(words) > 1 else None)
+
+
+def _is_process_entry_point() -> bool:
+    """Whether this process was started as the CLI (console script or ``python -m``), so restarting it is safe."""
+    main_module = sys.modules.get("__main__")
+    spec = getattr(main_module, "__spec__", None)
+    if spec is not None and spec.name == "crossformer_vision.cli.main":
+        return True
+    return os.path.basename(getattr(main_module, "__file__", None) or "") in ("crossformer", "crossformer-script.py")
+
+
 def main(argv: list[str] | None = None) -> int:
-    from ..engine.allocator import keep_freed_memory, keep_freed_memory_wanted
+    from ..engine.allocator import keep_freed_memory, keep_freed_memory_wanted, preload_tcmalloc, tcmalloc_notice
+
+    if argv is None and _is_process_entry_point():  # training commands restart once with tcmalloc when installed
+        try:
+            preload_tcmalloc(*_command_of(sys.argv[1:]))
+        except ValueError as err:
+            print(f"crossformer: error: {err}", file=sys.stderr)
+            return 2
+        notice = tcmalloc_notice()
+        if notice and os.environ.get("RANK", "0") == "0":
+            print(notice, file=sys.stderr, flush=True)
     from ..engine.checkpoint import CheckpointWriteError
     from ..engine.distributed import cleanup
     from ..engine.trainer import TrainingDivergedError
