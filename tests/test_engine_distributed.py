@@ -48,6 +48,10 @@ def test_two_processes_equal_one(tmp_path):
         timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
+    from crossformer_vision.engine.allocator import tcmalloc_library
+
+    if tcmalloc_library():  # every worker restarts with it (same PIDs under torchrun); only rank 0 says so
+        assert proc.stderr.count("running with tcmalloc") == 1, proc.stderr[-3000:]
     a, b = weights(single), weights(ddp)
     diffs = {k: (a[k] - b[k]).abs().max().item() for k in a}
     # identical data, augmentations and lr; only the order of floating-point sums differs
