@@ -249,32 +249,48 @@ def plot(result: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def timing_parser(doc: str, out_name: str) -> argparse.ArgumentParser:
+    """The options every GPU script shares: batch and timing repetitions, ``--out`` and ``--smoke``."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--iters", type=int, default=10)
     parser.add_argument("--reps", type=int, default=5)
-    parser.add_argument("--images", type=int, default=1000, help="bundled test images for the bf16 agreement")
-    parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile rows")
-    parser.add_argument("--out", default=str(HERE / "results" / "speed_gpu.json"))
-    parser.add_argument("--smoke", action="store_true", help="every row once on the CPU at batch 2 (measures nothing)")
-    args = parser.parse_args()
+    parser.add_argument("--out", default=str(HERE / "results" / out_name))
+    parser.add_argument("--smoke", action="store_true", help="every code path once on the CPU at batch 2")
+    return parser
+
+
+def setup(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict:
+    """Apply ``--smoke`` (the CPU, batch 2, one repetition, a ``smoke_`` output file) or insist on CUDA; turn cuDNN
+    autotuning on. Returns the header of the result: date, device, torch version."""
     global DEVICE
     if args.smoke:
         DEVICE = "cpu"
-        args.batch, args.warmup, args.iters, args.reps, args.images, args.no_compile = 2, 1, 1, 1, 8, True
+        args.batch, args.warmup, args.iters, args.reps = 2, 1, 1, 1
         if args.out == parser.get_default("out"):
-            args.out = str(Path(args.out).with_name("smoke_gpu.json"))
+            args.out = str(Path(args.out).with_name("smoke_" + Path(args.out).name))
     elif not torch.cuda.is_available():
-        raise SystemExit("benchmarks/gpu.py needs a CUDA device; speed.py measures the CPU (--smoke: a check)")
+        raise SystemExit(f"{parser.prog} needs a CUDA device; speed.py measures the CPU (--smoke: a check)")
     torch.backends.cudnn.benchmark = True
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    result: dict = {
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    return {
         "date": time.strftime("%Y-%m-%d"),
         "device": torch.cuda.get_device_name() if DEVICE == "cuda" else "CPU (smoke run)",
         "torch": torch.__version__,
+    }
+
+
+def main() -> None:
+    parser = timing_parser(__doc__, "speed_gpu.json")
+    parser.add_argument("--images", type=int, default=1000, help="bundled test images for the bf16 agreement")
+    parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile rows")
+    args = parser.parse_args()
+    result: dict = setup(parser, args)
+    if args.smoke:
+        args.images, args.no_compile = 8, True
+    out = Path(args.out)
+    result |= {
         "inference": [],
         "training": [],
         "large": [],

@@ -21,7 +21,6 @@ Usage:
 
 from __future__ import annotations
 
-import argparse
 import collections
 import contextlib
 import json
@@ -207,30 +206,10 @@ def train_ab(args) -> list[dict]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batch", type=int, default=128)
-    parser.add_argument("--warmup", type=int, default=5)
-    parser.add_argument("--iters", type=int, default=10)
-    parser.add_argument("--reps", type=int, default=5)
-    parser.add_argument("--out", default=str(HERE / "results" / "profile_gpu.json"))
-    parser.add_argument("--smoke", action="store_true", help="every code path once on the CPU at batch 2")
+    parser = gpu.timing_parser(__doc__, "profile_gpu.json")
     args = parser.parse_args()
-    if args.smoke:
-        gpu.DEVICE = "cpu"
-        args.batch, args.warmup, args.iters, args.reps = 2, 1, 1, 1
-        if args.out == parser.get_default("out"):
-            args.out = str(Path(args.out).with_name("smoke_profile_gpu.json"))
-    elif not torch.cuda.is_available():
-        raise SystemExit("benchmarks/gpu_profile.py needs a CUDA device (--smoke: a check on the CPU)")
-    torch.backends.cudnn.benchmark = True
-    result: dict = {
-        "date": time.strftime("%Y-%m-%d"),
-        "device": torch.cuda.get_device_name() if gpu.DEVICE == "cuda" else "CPU (smoke run)",
-        "torch": torch.__version__,
-        "batch": args.batch,
-    }
+    result: dict = {**gpu.setup(parser, args), "batch": args.batch}
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     x = torch.randn(args.batch, 3, 224, 224, device=gpu.DEVICE)
     for kind, name in (("ours", "crossformer_s"), ("timm", gpu.SWIN)):
         model = gpu.build(kind, name).eval()

@@ -189,13 +189,6 @@ def run_spec(spec: dict) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def tcmalloc() -> str | None:
-    """The soname of an installed tcmalloc (``LD_PRELOAD`` takes it), or None."""
-    import ctypes.util
-
-    return ctypes.util.find_library("tcmalloc_minimal") or ctypes.util.find_library("tcmalloc")
-
-
 def matmul_peak(dtype_name: str, threads: int, n: int = 4096, runs: int = 10) -> float:
     import torch
 
@@ -412,7 +405,9 @@ def main() -> None:
                 continue
             rows.append((f"ours {v}", {"mode": mode}, later({**inf, "kind": "ours", "name": v, "mode": mode})))
     s_inf = {**inf, "kind": "ours", "name": "crossformer_s", "mode": "fp32"}
-    preload = tcmalloc()
+    from crossformer_vision.engine.allocator import tcmalloc_library
+
+    preload = tcmalloc_library()
     if not preload:
         console.print("tcmalloc not found (Debian: apt install libtcmalloc-minimal4): no tcmalloc rows")
     for mode, change in (

@@ -132,11 +132,8 @@ def tcmalloc_library() -> str | None:
 def tcmalloc_wanted(command: str, subcommand: str | None = None, env: dict | None = None) -> bool:
     """Whether the CLI should run this command with tcmalloc preloaded.
 
-    ``CROSSFORMER_TCMALLOC`` decides when set (``1``: yes, ``0``: no); otherwise training commands get it. tcmalloc
-    keeps freed memory in its own caches (what PyTorch's CPU allocator lacks) without glibc's fragmentation:
-    measured on CrossFormer-S training (batch 16, 224, 2 cores, ``benchmarks/speed.py --training-only``, 3 rounds,
-    best of each) 3.42 s/step at 2.36 GiB peak RSS, against 3.73 s at 2.83 GiB with the default settings
-    and 3.84 s at 3.27 GiB with glibc keeping freed memory.
+    ``CROSSFORMER_TCMALLOC`` decides when set (``1``: yes, ``0``: no); otherwise training commands get it (the
+    measurements are in this module's docstring).
     """
     value = (os.environ if env is None else env).get(_TCMALLOC_ENV, "").strip()
     if value in ("0", "1"):

@@ -103,7 +103,7 @@ def evaluate_checkpoint(
     if info["classes"] is not None and len(classes) != num_classes:
         raise ValueError(f"the model predicts {num_classes} classes but the dataset has {len(classes)}")
     # the run's autocast setting (``train.amp=null`` overrides it), so a run evaluates to the metrics it reported
-    amp = cfg.get("train", {}).get("amp")
+    amp = cfg["train"]["amp"]
     metrics, confusion = evaluate_classifier(
         model, val_ds, num_classes, dist, batch_size, cfg["data"]["workers"], amp=amp
     )
@@ -143,7 +143,7 @@ def predict_images(
     model, info = load_any_classifier(checkpoint, model_name, trusted)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model.to(dev).eval()
-    amp = (info["run_config"] or {}).get("train", {}).get("amp")
+    amp = info["run_config"]["train"]["amp"] if info["run_config"] else None
     dcfg = info["data_config"]
     transform = create_transform(
         input_size=tuple(dcfg["input_size"]),
