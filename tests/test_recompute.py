@@ -5,8 +5,9 @@ import torch
 from torch import nn
 
 import crossformer_vision as cf
-from crossformer_vision.layers import gelu_linear, norm_linear, set_recompute
+from crossformer_vision.layers import gelu_linear, norm_linear, plain_linear, set_fused_linear, set_recompute
 from crossformer_vision.layers import recompute as rc
+from crossformer_vision.layers.linear import _state as fused_state
 
 TINY = dict(embed_dim=32, num_heads=(1, 2, 4, 8), depths=(2, 2, 2, 1), drop_path_rate=0.0, num_classes=7)
 
@@ -35,9 +36,21 @@ def test_functions_pass_gradcheck(bias):
     assert torch.autograd.gradcheck(rc._GeluLinear.apply, (x, w, b))
 
 
-def test_functions_equal_the_plain_modules_bit_for_bit():
+@pytest.fixture(params=["plain-kernels", "onednn"])
+def kernels(request):
+    """The tolerance the functions match the plain modules to: bit for bit with ``F.linear`` / ``matmul`` inside
+    them, float32 rounding with oneDNN's multiplies (the default on CPU)."""
+    was = fused_state["enabled"]
+    set_fused_linear(request.param == "onednn")
+    if request.param == "onednn" and not fused_state["enabled"]:
+        pytest.skip("this torch build has no oneDNN linear kernel")
+    yield dict(rtol=0, atol=0) if request.param == "plain-kernels" else dict(rtol=1e-4, atol=1e-6)
+    set_fused_linear(was)
+
+
+def test_functions_equal_the_plain_modules(kernels):
     torch.manual_seed(0)
-    norm, fc1, fc2 = nn.LayerNorm(16), nn.Linear(16, 48), nn.Linear(48, 16)
+    norm, fc1, fc2, proj = nn.LayerNorm(16), nn.Linear(16, 48), nn.Linear(48, 16), nn.Linear(16, 16)
     with torch.no_grad():
         norm.weight.normal_(), norm.bias.normal_()
     x = torch.randn(4, 7, 9, 16)
@@ -48,13 +61,26 @@ def test_functions_equal_the_plain_modules_bit_for_bit():
             xi = x.clone().requires_grad_(True)
             for m in (norm, fc1, fc2):
                 m.zero_grad()
-            out = gelu_linear(norm_linear(xi, norm, fc1), fc2)
+            out = plain_linear(gelu_linear(norm_linear(xi, norm, fc1), fc2), proj)
             (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
         finally:
             set_recompute(True)
-        grads.append([out.detach(), xi.grad] + [p.grad for m in (norm, fc1, fc2) for p in m.parameters()])
+        grads.append([out.detach(), xi.grad] + [p.grad for m in (norm, fc1, fc2, proj) for p in m.parameters()])
     for a, b in zip(*grads):
-        torch.testing.assert_close(a, b, rtol=0, atol=0)
+        torch.testing.assert_close(a, b, **kernels)
+
+
+def test_training_multiplies_run_through_onednn_on_cpu():
+    if not fused_state["enabled"]:
+        pytest.skip("this torch build has no oneDNN linear kernel")
+    norm, fc1, fc2 = nn.LayerNorm(16), nn.Linear(16, 48), nn.Linear(48, 16)
+    x = torch.randn(4, 9, 16, requires_grad=True)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        plain_linear(gelu_linear(norm_linear(x, norm, fc1), fc2), nn.Linear(16, 8)).sum().backward()
+    names = [e.name for e in prof.events()]
+    # 3 forward multiplies and 3 input gradients (the weight gradients stay with mm)
+    assert names.count("mkldnn::_linear_pointwise") == 6, sorted(set(names))
+    assert "aten::addmm" not in names
 
 
 def test_frozen_input_and_frozen_weights():
@@ -100,7 +126,7 @@ def _saved_bytes(model: nn.Module, x: torch.Tensor) -> int:
 
 
 @pytest.mark.parametrize("name", ["crossformer_s", "crossformerpp_s"])
-def test_model_training_equal_gradients_and_less_kept_memory(name):
+def test_model_training_equal_gradients_and_less_kept_memory(name, kernels):
     torch.manual_seed(0)
     model = cf.create_model(name, **TINY).train()
     x = torch.randn(2, 3, 64, 96)
@@ -116,7 +142,7 @@ def test_model_training_equal_gradients_and_less_kept_memory(name):
             set_recompute(True)
         results.append([out.detach()] + [p.grad for p in model.parameters()])
     for a, b in zip(*results):
-        torch.testing.assert_close(a, b, rtol=0, atol=0)
+        torch.testing.assert_close(a, b, **kernels)
     # exactly the two LayerNorm outputs (C channels each) and the GELU output (4 C) of every block are no longer kept
     tokens = []
     hooks = [b.register_forward_hook(lambda m, i, o: tokens.append(o.numel())) for b in model.modules() if _is_block(b)]

@@ -6,7 +6,7 @@ from .grouping import LDA_RULES, GroupLayout, LdaRule, plan_group_layout
 from .linear import fused_linear, set_fused_linear
 from .mlp import Mlp
 from .position_bias import DynamicPositionBias, relative_offsets, relative_position_index
-from .recompute import gelu_linear, norm_linear, set_recompute
+from .recompute import gelu_linear, norm_linear, plain_linear, set_recompute
 
 __all__ = [
     "LDA_RULES",
@@ -21,6 +21,7 @@ __all__ = [
     "fused_linear",
     "gelu_linear",
     "norm_linear",
+    "plain_linear",
     "plan_group_layout",
     "relative_offsets",
     "relative_position_index",

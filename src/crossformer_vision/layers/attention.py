@@ -12,7 +12,7 @@ from torch import nn
 from .grouping import GroupLayout
 from .linear import eager_cpu_inference, fused_linear, weights_generation
 from .position_bias import DynamicPositionBias
-from .recompute import norm_linear
+from .recompute import norm_linear, plain_linear
 
 __all__ = ["MASK_VALUE", "GroupAttention", "padding_mask"]
 
@@ -216,7 +216,7 @@ class GroupAttention(nn.Module):
         hp, wp = layout.padded
         heads, hd = self.num_heads, self.head_dim
 
-        qkv = fused_linear(x, self.qkv) if norm is None else norm_linear(x, norm, self.qkv)
+        qkv = plain_linear(x, self.qkv) if norm is None else norm_linear(x, norm, self.qkv)
         if layout.needs_padding:
             qkv = F.pad(qkv, (0, 0, 0, wp - W, 0, hp - H))
         # one copy: [B, Hp, Wp, 3C] -> [3, B, groups, heads, N, hd]
@@ -238,4 +238,4 @@ class GroupAttention(nn.Module):
         x = x.reshape(B, rh, rw, ih, iw, heads, gh, gw, hd).permute(0, 1, 6, 3, 2, 7, 4, 5, 8).reshape(B, hp, wp, C)
         if layout.needs_padding:
             x = x[:, :H, :W]
-        return self.proj_drop(fused_linear(x, self.proj))
+        return self.proj_drop(plain_linear(x, self.proj))

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from .linear import fused_linear
-from .recompute import gelu_linear, norm_linear, recompute_enabled
+from .recompute import gelu_linear, norm_linear, plain_linear, recompute_enabled
 
 __all__ = ["Mlp"]
 
@@ -34,7 +34,7 @@ class Mlp(nn.Module):
     def forward(self, x: torch.Tensor, norm: nn.Module | None = None) -> torch.Tensor:
         """[..., C] -> [..., C]; with ``norm``, ``x`` is normalised by it first."""
         if recompute_enabled(x) and not (self.training and self.drop1.p > 0):
-            h = self.fc1(x) if norm is None else norm_linear(x, norm, self.fc1)
+            h = plain_linear(x, self.fc1) if norm is None else norm_linear(x, norm, self.fc1)
             return self.drop2(gelu_linear(h, self.fc2))
         if norm is not None:
             x = norm(x)

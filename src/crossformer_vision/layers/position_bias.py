@@ -68,4 +68,7 @@ class DynamicPositionBias(nn.Module):
         """Bias of every (query, key) pair in a group: [heads, N, N], N = Gh*Gw."""
         n = group_h * group_w
         index = relative_position_index(group_h, group_w, self.pos_proj.weight.device)
-        return self.table(group_h, group_w)[index.view(-1)].view(n, n, self.num_heads).permute(2, 0, 1)
+        # gathered from the [heads, offsets] table: a contiguous [heads, N, N] (a permuted view would make every
+        # `scores + bias` follow its layout, and softmax copy the scores back)
+        table = self.table(group_h, group_w).t().contiguous()
+        return table.index_select(1, index.view(-1)).view(self.num_heads, n, n)

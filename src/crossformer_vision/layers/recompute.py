@@ -1,10 +1,15 @@
-"""Training-time memory savings: ``LayerNorm -> Linear`` and ``GELU -> Linear`` that keep only their inputs.
+"""Training-time autograd functions of the blocks' linear layers: ``LayerNorm -> Linear`` and ``GELU -> Linear``
+that keep only their inputs, and a plain ``Linear``; on CPU their multiplies run through oneDNN.
 
 Autograd keeps, per transformer block, the LayerNorm output next to its input (twice: attention and MLP) and the
 GELU output next to its input. These two functions keep only the inputs and recompute the LayerNorm / GELU output
 in the backward pass (one cheap elementwise pass each), which removes 6 of the ~18 activation copies of C channels a
 CrossFormer block keeps for its backward pass. Values and gradients are those of the plain modules (the tests
 compare them).
+
+On CPU the forward multiply and the input gradient's run through oneDNN (:func:`.linear.dense_linear`,
+:func:`.linear.input_grad`; ``set_fused_linear(False)`` switches back to ``F.linear`` / ``matmul``, and then the
+values and gradients equal the plain modules' bit for bit).
 
 They are used while autograd records (training, or any forward with gradients) in eager mode without autocast; a
 double backward through them is not supported, so ``set_recompute(False)`` switches back to the plain modules (as
@@ -19,9 +24,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
 
-from .linear import fused_linear
+from .linear import dense_linear, fused_linear, input_grad
 
-__all__ = ["gelu_linear", "norm_linear", "recompute_enabled", "set_recompute"]
+__all__ = ["gelu_linear", "norm_linear", "plain_linear", "recompute_enabled", "set_recompute"]
 
 _state = {"enabled": True}
 
@@ -57,7 +62,7 @@ class _NormLinear(torch.autograd.Function):
         y, mean, rstd = torch.native_layer_norm(x, shape, norm_weight, norm_bias, eps)
         ctx.save_for_backward(x, mean, rstd, norm_weight, norm_bias, weight)
         ctx.eps, ctx.has_bias = eps, bias is not None
-        return F.linear(y, weight, bias)
+        return dense_linear(y, weight, bias)
 
     @staticmethod
     @once_differentiable
@@ -69,7 +74,7 @@ class _NormLinear(torch.autograd.Function):
         del y
         grad_x = grad_nw = grad_nb = None
         if any(ctx.needs_input_grad[:3]):
-            grad_y = grad.matmul(weight)
+            grad_y = input_grad(grad, weight)
             mask = [ctx.needs_input_grad[0], norm_weight is not None and ctx.needs_input_grad[1]]
             mask.append(norm_bias is not None and ctx.needs_input_grad[2])
             grad_x, grad_nw, grad_nb = torch.ops.aten.native_layer_norm_backward(
@@ -83,7 +88,7 @@ class _GeluLinear(torch.autograd.Function):
     def forward(ctx, h, weight, bias):
         ctx.save_for_backward(h, weight)
         ctx.has_bias = bias is not None
-        return F.linear(F.gelu(h), weight, bias)
+        return dense_linear(F.gelu(h), weight, bias)
 
     @staticmethod
     @once_differentiable
@@ -92,9 +97,33 @@ class _GeluLinear(torch.autograd.Function):
         grad_w, grad_b = _linear_grads(ctx, grad, F.gelu(h), weight, 1)  # the recomputed GELU output is freed here
         grad_h = None
         if ctx.needs_input_grad[0]:
-            grad_h = grad.matmul(weight)
+            grad_h = input_grad(grad, weight)
             torch.ops.aten.gelu_backward.grad_input(grad_h, h, grad_input=grad_h)  # in place: one 4C buffer, not two
         return grad_h, grad_w, grad_b
+
+
+class _Linear(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias):
+        x = x.contiguous()  # a view (the unpadded part of a padded map) is kept as a compact copy, as F.linear does
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        return dense_linear(x, weight, bias)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        x, weight = ctx.saved_tensors
+        grad_w, grad_b = _linear_grads(ctx, grad, x, weight, 1)
+        return input_grad(grad, weight) if ctx.needs_input_grad[0] else None, grad_w, grad_b
+
+
+def plain_linear(x: torch.Tensor, layer: nn.Linear) -> torch.Tensor:
+    """``layer(x)``: in training (:func:`recompute_enabled`) an autograd function whose multiplies run through oneDNN
+    on CPU; otherwise :func:`.linear.fused_linear` (oneDNN for CPU inference, ``F.linear`` elsewhere)."""
+    if recompute_enabled(x):
+        return _Linear.apply(x, layer.weight, layer.bias)
+    return fused_linear(x, layer)
 
 
 def norm_linear(x: torch.Tensor, norm: nn.Module, linear: nn.Linear) -> torch.Tensor:
