@@ -1,4 +1,4 @@
-"""Linear layers that run through oneDNN's fused kernel for CPU inference.
+"""Linear layers that run through oneDNN's fused kernel on CPU (inference, and the multiplies of training).
 
 ``F.linear`` on CPU first copies the bias into the output and then multiplies, and GELU is another full pass
 over the activations; oneDNN's ``linear_pointwise`` applies the bias (and GELU) inside the matrix multiply.
@@ -9,8 +9,9 @@ float32 / bfloat16, no autograd, eager mode (not while compiling or exporting, n
 The training functions of :mod:`.recompute` run their forward multiply and the input gradient's multiply
 (``grad @ weight``) through the same kernel on CPU (:func:`dense_linear`, :func:`input_grad`): measured on
 CrossFormer-S's shapes with 2 threads, 8 % (forward) and 14 % (input gradient) less time than MKL's ``addmm`` /
-``mm``, which run the narrow stage-1 shapes (96 input channels) far below the matmul peak. The weight gradient stays
-with ``mm`` (equal speed). oneDNN rounds differently from MKL: values agree to float32 rounding, not bit for bit.
+``mm``, which run the narrow stage-1 shapes (96 input channels) far below the matmul peak. The weight gradient
+stays with ``mm`` (oneDNN took 20-30 % longer there). oneDNN rounds differently from MKL: the values agree to
+float32 rounding, not bit for bit.
 
 Under CPU autocast to bfloat16 (which does not know this oneDNN op) the input is cast to bfloat16 and so are the
 weights, once per weight version (a cached copy per layer, dropped with the layer), as autocast would cast them for
