@@ -24,8 +24,8 @@ training commands restart themselves once, first thing, with it in ``LD_PRELOAD`
 PID and command line, so ``torchrun`` and signals are unaffected) and say so on stderr; ``CROSSFORMER_TCMALLOC=0``
 keeps the default allocator, ``=1`` asks for tcmalloc for every command (an error if it is not installed). Measured
 on CrossFormer-S training at batch 16 (``benchmarks/speed.py --training-only``, 3 rounds, 2026-12-01 03:01): 3.14
-s/step at 2.37 GiB peak RSS, against 3.44 s at 2.89 GiB with huge pages only. In your own script, preload it yourself (``LD_PRELOAD``,
-or ``python -m torch.backends.xeon.run_cpu --enable-tcmalloc``).
+s/step at 2.37 GiB peak RSS, against 3.44 s at 2.89 GiB with huge pages only. In your own script, preload it
+yourself (``LD_PRELOAD``, or ``python -m torch.backends.xeon.run_cpu --enable-tcmalloc``).
 """
 
 from __future__ import annotations
