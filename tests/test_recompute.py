@@ -34,6 +34,7 @@ def test_functions_pass_gradcheck(bias):
 
     assert torch.autograd.gradcheck(norm_then_linear, (x, nw, nb, w, b))
     assert torch.autograd.gradcheck(rc._GeluLinear.apply, (x, w, b))
+    assert torch.autograd.gradcheck(rc._Linear.apply, (x, w, b))
 
 
 @pytest.fixture(params=["plain-kernels", "onednn"])
