@@ -106,12 +106,18 @@ def keep_freed_memory_wanted(command: str, subcommand: str | None = None, env: d
     ``CROSSFORMER_KEEP_FREED_MEMORY`` decides when set (``1``: yes, ``0``: no); otherwise inference commands get it
     and training does not (there it would cost ~0.3 GiB of peak RSS for ~6 % of step time).
     """
-    value = (os.environ if env is None else env).get("CROSSFORMER_KEEP_FREED_MEMORY", "").strip()
+    switch = _env_switch("CROSSFORMER_KEEP_FREED_MEMORY", env)
+    return (command, subcommand) in INFERENCE_COMMANDS if switch is None else switch
+
+
+def _env_switch(name: str, env: dict | None = None) -> bool | None:
+    """An on/off environment variable: ``1`` True, ``0`` False, unset or empty None (the default applies)."""
+    value = (os.environ if env is None else env).get(name, "").strip()
     if value in ("0", "1"):
         return value == "1"
     if value:
-        raise ValueError(f"CROSSFORMER_KEEP_FREED_MEMORY must be 0 or 1 (or unset for the default), got {value!r}")
-    return (command, subcommand) in INFERENCE_COMMANDS
+        raise ValueError(f"{name} must be 0 or 1 (or unset for the default), got {value!r}")
+    return None
 
 
 # CLI commands that train: (command, subcommand or None)
@@ -135,12 +141,8 @@ def tcmalloc_wanted(command: str, subcommand: str | None = None, env: dict | Non
     ``CROSSFORMER_TCMALLOC`` decides when set (``1``: yes, ``0``: no); otherwise training commands get it (the
     measurements are in this module's docstring).
     """
-    value = (os.environ if env is None else env).get(_TCMALLOC_ENV, "").strip()
-    if value in ("0", "1"):
-        return value == "1"
-    if value:
-        raise ValueError(f"{_TCMALLOC_ENV} must be 0 or 1 (or unset for the default), got {value!r}")
-    return (command, subcommand) in TRAINING_COMMANDS
+    switch = _env_switch(_TCMALLOC_ENV, env)
+    return (command, subcommand) in TRAINING_COMMANDS if switch is None else switch
 
 
 def preload_tcmalloc(command: str, subcommand: str | None = None) -> None:
@@ -154,7 +156,7 @@ def preload_tcmalloc(command: str, subcommand: str | None = None) -> None:
         return
     lib = tcmalloc_library()
     if lib is None:
-        if os.environ.get(_TCMALLOC_ENV, "").strip() == "1":
+        if _env_switch(_TCMALLOC_ENV):
             raise ValueError(
                 f"{_TCMALLOC_ENV}=1 but no tcmalloc is installed: install gperftools' tcmalloc "
                 "(Debian/Ubuntu: apt install libtcmalloc-minimal4) or unset the variable"

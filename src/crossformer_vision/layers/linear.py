@@ -113,18 +113,28 @@ def _weights(layer: nn.Linear, dtype: torch.dtype) -> tuple[torch.Tensor, torch.
     return cached[1], cached[2]
 
 
+def _onednn_linear(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, gelu: bool = False
+) -> torch.Tensor | None:
+    """``x @ weight^T + bias`` (then exact GELU) by oneDNN, or None where this torch build lacks the kernel for the
+    case (the oneDNN path is then switched off for good and the callers take the plain ops)."""
+    try:
+        return torch.ops.mkldnn._linear_pointwise(
+            x, weight, bias, *(("gelu", [], "none") if gelu else ("none", [], ""))
+        )
+    except RuntimeError:
+        _state["enabled"] = False
+        return None
+
+
 def fused_linear(x: torch.Tensor, layer: nn.Linear, gelu: bool = False) -> torch.Tensor:
     """``layer(x)`` (then exact GELU when ``gelu``), fused by oneDNN for CPU inference."""
     dtype = _fused_dtype(x, layer.weight)
     if dtype is not None:
         w, b = _weights(layer, dtype)
-        x = x.to(dtype)
-        try:
-            if gelu:
-                return torch.ops.mkldnn._linear_pointwise(x, w, b, "gelu", [], "none")
-            return torch.ops.mkldnn._linear_pointwise(x, w, b, "none", [], "")
-        except RuntimeError:  # a build without the kernel for this case: use the plain path from now on
-            _state["enabled"] = False
+        y = _onednn_linear(x.to(dtype), w, b, gelu)
+        if y is not None:
+            return y
     y = F.linear(x, layer.weight, layer.bias)
     return F.gelu(y) if gelu else y
 
@@ -144,18 +154,16 @@ def _onednn_operands(x: torch.Tensor, weight: torch.Tensor) -> bool:
 def dense_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """``F.linear(x, weight, bias)`` inside an autograd function: by oneDNN on CPU, the bias inside the multiply."""
     if _onednn_operands(x, weight) and (bias is None or bias.dtype == x.dtype):
-        try:
-            return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
-        except RuntimeError:  # a build without the kernel for this case: use the plain path from now on
-            _state["enabled"] = False
+        y = _onednn_linear(x, weight, bias)
+        if y is not None:
+            return y
     return F.linear(x, weight, bias)
 
 
 def input_grad(grad: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """``grad @ weight``, the input gradient of a linear layer, inside an autograd function: by oneDNN on CPU."""
     if _onednn_operands(grad, weight):
-        try:  # a linear layer whose weight is weight^T (a strided view: oneDNN takes it as it is)
-            return torch.ops.mkldnn._linear_pointwise(grad, weight.t(), None, "none", [], "")
-        except RuntimeError:
-            _state["enabled"] = False
+        y = _onednn_linear(grad, weight.t(), None)  # a linear layer whose weight is weight^T (oneDNN takes the view)
+        if y is not None:
+            return y
     return grad.matmul(weight)
