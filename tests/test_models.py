@@ -69,6 +69,40 @@ def test_grad_checkpointing_gives_same_outputs_and_gradients(name):
         torch.testing.assert_close(p.grad, ref_grads[n], rtol=1e-5, atol=1e-6, msg=n)
 
 
+def test_grad_checkpointing_recomputes_the_embedding_and_the_blocks():
+    model = tiny("crossformer_s")
+    runs = {}
+
+    def count(name):
+        def hook(module, args):
+            runs[name] = runs.get(name, 0) + 1
+
+        return hook
+
+    model.patch_embed.register_forward_pre_hook(count("embed"))
+    for i, stage in enumerate(model.layers):
+        stage.blocks[0].register_forward_pre_hook(count(f"stage{i}"))
+    x = torch.randn(2, 3, 64, 64)
+
+    def forward_calls():
+        runs.clear()
+        model(x).sum().backward()
+        return dict(runs)
+
+    assert forward_calls() == {"embed": 1, "stage0": 1, "stage1": 1, "stage2": 1, "stage3": 1}
+    model.set_grad_checkpointing(True)  # the backward pass runs each checkpointed forward again
+    assert forward_calls() == {"embed": 2, "stage0": 2, "stage1": 2, "stage2": 2, "stage3": 1}
+    model.set_grad_checkpointing(True, last_stage=True)
+    assert forward_calls() == {"embed": 2, "stage0": 2, "stage1": 2, "stage2": 2, "stage3": 2}
+    model.set_grad_checkpointing(False)
+    assert forward_calls() == {"embed": 1, "stage0": 1, "stage1": 1, "stage2": 1, "stage3": 1}
+    with torch.no_grad():  # nothing to recompute without autograd
+        model.set_grad_checkpointing(True)
+        runs.clear()
+        model(x)
+        assert runs == {"embed": 1, "stage0": 1, "stage1": 1, "stage2": 1, "stage3": 1}
+
+
 def test_grad_checkpointing_releases_freed_memory_between_stages(monkeypatch):
     import crossformer_vision.models.crossformer as module
 
@@ -80,7 +114,12 @@ def test_grad_checkpointing_releases_freed_memory_between_stages(monkeypatch):
     assert calls == []  # not without checkpointing
     model.set_grad_checkpointing(True)
     model(x).sum().backward()
-    # once before each stage's forward (grad mode on), once after each stage's backward (grad mode off)
+    # once before each checkpointed stage's forward (grad mode on), once after its backward (grad mode off); the
+    # last stage is not checkpointed by default
+    assert calls == [True] * 3 + [False] * 3
+    calls.clear()
+    model.set_grad_checkpointing(True, last_stage=True)
+    model(x).sum().backward()
     assert calls == [True] * 4 + [False] * 4
     calls.clear()
     model.set_grad_checkpointing(True, release_memory=False)
@@ -247,6 +286,46 @@ def test_small_cpu_groups_take_the_explicit_path_with_the_same_output(monkeypatc
         out = model(x)
     assert sizes and min(sizes) >= 17  # the 16-token groups went the explicit way, the others still through SDPA
     torch.testing.assert_close(out, ref, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("autocast", [False, True], ids=["bf16-weights", "bf16-autocast"])
+def test_bf16_cpu_groups_up_to_49_tokens_take_the_explicit_path(monkeypatch, autocast):
+    import crossformer_vision.layers.attention as attention
+    from crossformer_vision.layers.attention import GroupAttention
+
+    torch.manual_seed(0)
+    model = tiny("crossformerpp_s", group_size=(4, 7, 14, 7)).eval()  # 16-, 49- and 196-token groups at 224
+    with torch.no_grad():  # peaked attention, so that a wrong mask or scale would show
+        for m in model.modules():
+            if isinstance(m, GroupAttention):
+                m.qkv.weight.normal_(0, 0.1)
+    x = torch.randn(2, 3, 224, 224)
+    sizes = []
+    sdpa = F.scaled_dot_product_attention
+
+    def spy(q, *args, **kwargs):
+        sizes.append(q.shape[-2])
+        return sdpa(q, *args, **kwargs)
+
+    monkeypatch.setattr(attention.F, "scaled_dot_product_attention", spy)
+    if not autocast:
+        model, x = model.to(torch.bfloat16), x.to(torch.bfloat16)
+    ctx = torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast)
+    with torch.inference_mode(), ctx:
+        out = model(x).float()
+        assert set(sizes) == {196}  # 16 and 49 tokens explicitly, 196 through SDPA
+        sizes.clear()
+        monkeypatch.setattr(GroupAttention, "cpu_bf16_sdpa_min_tokens", 0)
+        monkeypatch.setattr(GroupAttention, "cpu_sdpa_min_tokens", 0)
+        ref = model(x).float()
+        assert set(sizes) == {16, 49, 196}
+    with torch.inference_mode():
+        exact = model.float()(x.float())
+    # the two bf16 paths differ by bf16 rounding only (the explicit one rounds the scores), and both stay as close
+    # to float32
+    scale = exact.abs().max()
+    assert (out - ref).abs().max() < 0.05 * scale
+    assert (out - exact).abs().mean() < 2 * (ref - exact).abs().mean()
 
 
 @pytest.mark.parametrize("block_bytes", [1, 50_000, 1 << 18])  # one group per block, ragged blocks, the default
