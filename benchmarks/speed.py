@@ -353,8 +353,8 @@ def targets(result: dict, official: dict, peak32: float) -> list[str]:
             )
     if plain.get("seconds") and ckpt.get("seconds"):
         lines.append(
-            f"  gradient checkpointing: peak RSS {100 * ckpt['peak_rss_gib'] / plain['peak_rss_gib']:.0f} % of the "
-            f"plain step's (target <= 60 %), {ckpt['seconds'] / plain['seconds']:.2f}x its time (target <= 1.4x)"
+            f"  gradient checkpointing: peak RSS {100 * ckpt['peak_rss_gib'] / plain['peak_rss_gib']:.1f} % of the "
+            f"plain step's (target <= 60 %), {ckpt['seconds'] / plain['seconds']:.3f}x its time (target <= 1.4x)"
         )
     return lines
 

@@ -120,11 +120,12 @@ class GroupAttention(nn.Module):
     # works in blocks whose fixed cost dominates tiny groups (CrossFormer++'s 4x4 groups in stages 1-2: ~2x faster
     # explicitly, fp32 and bf16; at 49 tokens and more the two are within noise of each other in fp32)
     cpu_sdpa_min_tokens = 17
-    # bfloat16 on CPU: SDPA's fused kernel ran CrossFormer-S's 49-token groups ~25 % slower than the explicit path
-    # (batch 32 at 224, all four stages: 241 against 176 ms per forward in isolation; the whole bf16 model 7 % faster,
-    # 10 alternating rounds); the explicit path rounds the scores to bf16 where SDPA keeps them in float32, which
-    # moved the model's mean |logit error| against float32 from 0.0011 to 0.0012. Larger groups (CrossFormer++'s 196
-    # tokens) stay with SDPA: little faster explicitly, and the scores' rounding matters more there.
+    # bfloat16 on CPU: SDPA's fused kernel ran CrossFormer-S's 49-token groups ~25 % slower than explicit math (the
+    # attention alone, batch 32 at 224, all four stages: 241 against 176 ms per forward); with this path the whole
+    # bf16-weights model ran 7.6 % faster (paired median of 10 alternating in-process rounds). The explicit path rounds
+    # the scores to bf16 where SDPA keeps them in float32; the model's mean |logit error| against float32 stayed the
+    # same (0.00114 against 0.00113). Larger groups (CrossFormer++'s 196 tokens) stay with SDPA: little faster
+    # explicitly (16.4 -> 15.2 ms per call), and the scores' rounding matters more there.
     cpu_bf16_sdpa_min_tokens = 50
 
     # float32 CPU inference: where SDPA would run and the scores of one group (all heads) fit in a core's L2, the
