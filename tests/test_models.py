@@ -17,6 +17,21 @@ def tiny(name: str, **kwargs) -> cf.CrossFormer:
     return cf.create_model(name, **{**TINY, **kwargs})
 
 
+def spy_sdpa_tokens(monkeypatch) -> list:
+    """Wrap the attention module's ``F.scaled_dot_product_attention``; returns the list of each call's group size."""
+    import crossformer_vision.layers.attention as attention
+
+    sizes = []
+    sdpa = F.scaled_dot_product_attention
+
+    def spy(q, *args, **kwargs):
+        sizes.append(q.shape[-2])
+        return sdpa(q, *args, **kwargs)
+
+    monkeypatch.setattr(attention.F, "scaled_dot_product_attention", spy)
+    return sizes
+
+
 def spy_attention(monkeypatch, method: str) -> list:
     """Wrap ``GroupAttention.<method>``; returns the list of the positional arguments (after self) of each call."""
     from crossformer_vision.layers.attention import GroupAttention
@@ -263,19 +278,11 @@ def test_fused_and_manual_attention_agree():
 
 
 def test_small_cpu_groups_take_the_explicit_path_with_the_same_output(monkeypatch):
-    import crossformer_vision.layers.attention as attention
     from crossformer_vision.layers.attention import GroupAttention
 
     model = tiny("crossformerpp_s").eval()  # 4x4 groups in stages 1-2, larger ones after
     x = torch.randn(2, 3, 96, 96)
-    sizes = []
-    sdpa = F.scaled_dot_product_attention
-
-    def spy(q, *args, **kwargs):
-        sizes.append(q.shape[-2])
-        return sdpa(q, *args, **kwargs)
-
-    monkeypatch.setattr(attention.F, "scaled_dot_product_attention", spy)
+    sizes = spy_sdpa_tokens(monkeypatch)
     monkeypatch.setattr(GroupAttention, "cpu_blocked_attention", False)  # this test is about SDPA's routing
     with torch.no_grad():
         monkeypatch.setattr(GroupAttention, "cpu_sdpa_min_tokens", 0)
@@ -290,7 +297,6 @@ def test_small_cpu_groups_take_the_explicit_path_with_the_same_output(monkeypatc
 
 @pytest.mark.parametrize("autocast", [False, True], ids=["bf16-weights", "bf16-autocast"])
 def test_bf16_cpu_groups_up_to_49_tokens_take_the_explicit_path(monkeypatch, autocast):
-    import crossformer_vision.layers.attention as attention
     from crossformer_vision.layers.attention import GroupAttention
 
     torch.manual_seed(0)
@@ -300,14 +306,7 @@ def test_bf16_cpu_groups_up_to_49_tokens_take_the_explicit_path(monkeypatch, aut
             if isinstance(m, GroupAttention):
                 m.qkv.weight.normal_(0, 0.1)
     x = torch.randn(2, 3, 224, 224)
-    sizes = []
-    sdpa = F.scaled_dot_product_attention
-
-    def spy(q, *args, **kwargs):
-        sizes.append(q.shape[-2])
-        return sdpa(q, *args, **kwargs)
-
-    monkeypatch.setattr(attention.F, "scaled_dot_product_attention", spy)
+    sizes = spy_sdpa_tokens(monkeypatch)
     if not autocast:
         model, x = model.to(torch.bfloat16), x.to(torch.bfloat16)
     ctx = torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast)
