@@ -71,3 +71,20 @@ def test_fresh_run_refuses_an_existing_run_and_resume_checks_config(tmp_path):
     # more epochs is a legitimate change: training continues from the checkpoint
     run_cli(["train", *TINY_RUN, "sched.epochs=2", f"train.output_dir={out}", "--resume", str(out)])
     assert max(r["epoch"] for r in read_metrics(out)) == 2
+
+
+def test_resume_refuses_to_overwrite_another_run_and_a_finished_run(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    run_cli(["train", *TINY_RUN, "sched.epochs=1", f"train.output_dir={a}"])
+    run_cli(["train", *TINY_RUN, "sched.epochs=1", f"train.output_dir={b}"])
+    before = {p.name: p.read_bytes() for p in a.iterdir() if p.is_file()}
+    # resuming b with a config whose output_dir is a: a's results must not be overwritten
+    proc = run_cli(["train", *TINY_RUN, "sched.epochs=2", f"train.output_dir={a}", "--resume", str(b)], check=False)
+    assert proc.returncode == 2 and "holds another run" in proc.stderr and str(b) in proc.stderr
+    assert {p.name: p.read_bytes() for p in a.iterdir() if p.is_file()} == before
+    # a finished run has nothing left to train at the same number of epochs
+    proc = run_cli(["train", *TINY_RUN, "sched.epochs=1", f"train.output_dir={b}", "--resume", str(b)], check=False)
+    assert proc.returncode == 2 and "nothing left to train" in proc.stderr
+    # a path that does not exist is named as such
+    proc = run_cli(["train", *TINY_RUN, f"train.output_dir={tmp_path / 'c'}", "--resume", str(tmp_path / "x")], check=False)
+    assert proc.returncode == 2 and "does not exist" in proc.stderr

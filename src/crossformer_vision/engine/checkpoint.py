@@ -30,7 +30,13 @@ from safetensors.torch import load_file, save_file
 
 from .config import save_config
 
-__all__ = ["CheckpointManager", "CheckpointWriteError", "load_training_checkpoint"]
+__all__ = [
+    "CheckpointManager",
+    "CheckpointWriteError",
+    "check_resume_target",
+    "load_training_checkpoint",
+    "load_training_checkpoint_path",
+]
 
 _PREFIX = "step-"
 
@@ -146,14 +152,7 @@ class CheckpointManager:
 
 def load_training_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """Read a checkpoint directory written by :class:`CheckpointManager` (or the run directory: its latest)."""
-    path = Path(path)
-    if path.is_dir() and not (path / "meta.json").is_file():
-        latest = CheckpointManager(path if any(path.glob(f"{_PREFIX}*")) else path / "checkpoints").latest()
-        if latest is None:
-            raise FileNotFoundError(f"no complete checkpoint (step-*/meta.json) found in {path}")
-        path = latest
-    if not (path / "meta.json").is_file():
-        raise FileNotFoundError(f"{path} is not a complete checkpoint directory (meta.json is missing)")
+    path = load_training_checkpoint_path(path)
     import yaml
 
     out = {
@@ -166,3 +165,37 @@ def load_training_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     if (path / "ema.safetensors").is_file():
         out["ema"] = load_file(str(path / "ema.safetensors"))
     return out
+
+
+def check_resume_target(run_dir: str | os.PathLike, resume: str | os.PathLike) -> None:
+    """Refuse to resume ``resume`` into ``run_dir`` when ``run_dir`` already holds another run's checkpoints.
+
+    The resumed run writes its checkpoints, final weights and results into ``run_dir`` (``train.output_dir``); if that
+    is a different run's folder, resuming would overwrite that run's results with this one's.
+    """
+    ckpt_dir = Path(load_training_checkpoint_path(resume)).resolve()
+    own = Path(run_dir).resolve() / "checkpoints"
+    if ckpt_dir.parent == own:
+        return
+    existing = CheckpointManager(own).latest()
+    if existing is not None:
+        raise ValueError(
+            f"cannot resume {ckpt_dir} into {run_dir}: that folder holds another run (latest checkpoint {existing}), "
+            f"whose results this run would overwrite. Set train.output_dir to the resumed run's folder "
+            f"({ckpt_dir.parent.parent}) or to a new one."
+        )
+
+
+def load_training_checkpoint_path(path: str | os.PathLike) -> Path:
+    """The checkpoint directory that :func:`load_training_checkpoint` would read for ``path``."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist: pass a run directory or one of its checkpoints/step-* folders")
+    if path.is_dir() and not (path / "meta.json").is_file():
+        latest = CheckpointManager(path if any(path.glob(f"{_PREFIX}*")) else path / "checkpoints").latest()
+        if latest is None:
+            raise FileNotFoundError(f"no complete checkpoint (step-*/meta.json) found in {path}")
+        path = latest
+    if not (path / "meta.json").is_file():
+        raise FileNotFoundError(f"{path} is not a complete checkpoint directory (meta.json is missing)")
+    return path

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from .checkpoint import CheckpointManager, load_training_checkpoint
+from .checkpoint import CheckpointManager, check_resume_target, load_training_checkpoint
 from .distributed import DistInfo, all_reduce_sum
 from .metrics_logger import MetricsLogger
 from .rng import get_rng_state, seed_step, set_rng_state
@@ -263,6 +263,7 @@ class Trainer:
     def fit(self, resume: str | Path | None = None) -> dict[str, float]:
         """Train (from scratch or from ``resume``) and return the last evaluation's metrics."""
         if resume is not None:
+            check_resume_target(self.run_dir, resume)
             self.resume(resume)
         else:
             existing = self.ckpt.latest()
@@ -276,6 +277,13 @@ class Trainer:
         total = loop.epochs * self.steps_per_epoch
         if loop.max_steps is not None:
             total = min(total, loop.max_steps)
+        if resume is not None and (self.global_step >= total or self.epoch >= loop.epochs):
+            raise ValueError(
+                f"nothing left to train: the checkpoint is at step {self.global_step} (epoch {self.epoch}), and this run "
+                f"ends at step {total} ({loop.epochs} epochs of {self.steps_per_epoch} steps"
+                + (f", max_steps {loop.max_steps}" if loop.max_steps is not None else "")
+                + "); raise sched.epochs (or train.max_steps) to train further"
+            )
         bar = None
         if loop.progress and self.dist.is_main:
             from tqdm.auto import tqdm
