@@ -548,3 +548,30 @@ def test_grouped_token_sdpa_path_equals_the_qkv_grouping_path(hw, monkeypatch):
         out = model(x)
     assert taken  # at least the unpadded layers took the grouped-token path
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+
+
+def test_pretrained_weights_adapt_every_stem_conv_to_other_input_channels(tmp_path):
+    """timm's in_chans adaptation must reach all four cross-scale convs (pretrained_cfg first_conv lists them)."""
+    from safetensors.torch import save_file
+
+    ref = tiny("crossformer_t").eval()
+    save_file(ref.state_dict(), str(tmp_path / "w.safetensors"))
+    overlay = dict(file=str(tmp_path / "w.safetensors"), num_classes=TINY["num_classes"])  # keep the head
+    grey = timm.create_model(
+        "crossformer_t", pretrained=True, in_chans=1, pretrained_cfg_overlay=overlay, **TINY
+    ).eval()
+    assert all(p.weight.shape[1] == 1 for p in grey.patch_embed.projs)
+    x = torch.randn(2, 1, 64, 64)
+    with torch.no_grad():  # timm sums the RGB kernels: a grey image gives what the RGB model gives on it
+        torch.testing.assert_close(grey(x), ref(x.expand(-1, 3, -1, -1)), rtol=1e-4, atol=1e-4)
+
+
+def test_forward_intermediates_stop_early_returns_the_last_stage_run():
+    model = tiny("crossformer_t").eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        final, maps = model.forward_intermediates(x, indices=[1], stop_early=True)
+        full = model.forward_intermediates(x, indices=[1], intermediates_only=True)
+    assert final.shape == (2, 8, 8, 64) and len(maps) == 1
+    torch.testing.assert_close(final.permute(0, 3, 1, 2), maps[0])
+    torch.testing.assert_close(maps[0], full[0])

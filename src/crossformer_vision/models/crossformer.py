@@ -423,7 +423,8 @@ class CrossFormer(nn.Module):
             intermediates_only: Return only the intermediates.
 
         Returns:
-            The maps [B, C_i, H/2^(i+2), W/2^(i+2)], or ``(final features [B, H/32, W/32, 8D], maps)``.
+            The maps [B, C_i, H/2^(i+2), W/2^(i+2)], or ``(final features [B, H/32, W/32, 8D], maps)``; with
+            ``stop_early`` before the last stage, the final features are the last stage run's map (NHWC, no norm).
         """
         if output_fmt not in ("NCHW", "NHWC"):
             raise ValueError(f"output_fmt must be 'NCHW' or 'NHWC', got {output_fmt!r}")
@@ -444,6 +445,8 @@ class CrossFormer(nn.Module):
                 x = feat
         if intermediates_only:
             return intermediates
+        if len(stages) < len(self.layers):  # stopped early: the final norm belongs to the last stage's width
+            return feat, intermediates
         return self.norm(x), intermediates
 
     def prune_intermediate_layers(
@@ -546,7 +549,7 @@ def _cfg(**kwargs: Any) -> dict[str, Any]:
         "fixed_input_size": False,
         "mean": (0.485, 0.456, 0.406),
         "std": (0.229, 0.224, 0.225),
-        "first_conv": "patch_embed.projs.0",
+        "first_conv": [f"patch_embed.projs.{i}" for i in range(4)],  # every stem conv reads the image
         "classifier": "head",
         "license": "mit",
         "origin_url": "https://github.com/cheerss/CrossFormer",
