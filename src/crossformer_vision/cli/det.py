@@ -158,7 +158,7 @@ def _eval(args: argparse.Namespace) -> int:
 def _predict(args: argparse.Namespace) -> int:
     from ..tasks.detection.evaluate import predict_files
 
-    json_path, paths = predict_files(
+    json_path, paths, unreadable = predict_files(
         args.checkpoint,
         args.inputs,
         args.out,
@@ -170,6 +170,8 @@ def _predict(args: argparse.Namespace) -> int:
     found = json.loads(Path(json_path).read_text())
     n = sum(len(v) for v in found.values())
     print(f"{n} detections (score >= {args.score_thresh}) in {len(paths)} images: {json_path} and PNGs in {args.out}")
+    for image, error in unreadable.items():
+        print(f"skipped {image}: unreadable ({error})")
     return 0
 
 

@@ -456,30 +456,46 @@ def predict_files(
 ) -> tuple[Path, list[Path]]:
     """``det predict``: ``<out_dir>/<image>.png`` with boxes, labels, scores (and masks) plus ``predictions.json``.
 
+    Folders are searched recursively; a file named twice is predicted once. Pictures share a base name: the later
+    ones get ``_`` appended (``x.png``, ``x_.png``), as in ``seg predict``. Unreadable images are skipped (not in
+    ``predictions.json``); a :class:`ValueError` when none can be read.
+
     Returns:
-        ``(json path, image paths)``.
+        ``(json path, image paths predicted, {unreadable image path: error message})``.
     """
     from ...data.folder import IMAGE_EXTENSIONS
     from .visualize import predict_and_save
 
     paths: list[Path] = []
+    seen: set[Path] = set()
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            paths += sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_EXTENSIONS)
+            found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS)
         elif p.is_file():
-            paths.append(p)
+            found = [p]
         else:
             raise FileNotFoundError(f"no such image or folder: {p}")
+        for f in found:  # a file named twice (e.g. a folder and a file in it) is predicted once
+            if f.resolve() not in seen:
+                seen.add(f.resolve())
+                paths.append(f)
     if not paths:
         raise ValueError(f"no images found in {list(inputs)}")
     model, info = load_detector(checkpoint, overrides, trusted=trusted)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model.to(dev)
+    unreadable: dict[str, str] = {}
     json_path = predict_and_save(
-        model, paths, out_dir, class_names=info["class_names"], score_thresh=score_thresh, device=dev
+        model,
+        paths,
+        out_dir,
+        class_names=info["class_names"],
+        score_thresh=score_thresh,
+        device=dev,
+        unreadable=unreadable,
     )
-    return json_path, paths
+    return json_path, [p for p in paths if str(p) not in unreadable], unreadable
 
 
 def format_metrics_line(metrics: Mapping[str, float], iou_type: str) -> str:

@@ -146,9 +146,16 @@ def predict_and_save(
     class_names: Sequence[str] | None = None,
     score_thresh: float = 0.3,
     device: str | torch.device | None = None,
+    unreadable: dict[str, str] | None = None,
 ) -> Path:
     """Run ``model`` on image files; write ``<out_dir>/<stem>.png`` (drawn detections) and
     ``<out_dir>/predictions.json`` (``{file: [detections]}``, those scoring at least ``score_thresh``).
+
+    Files sharing a base name get ``_`` appended to the later ones' picture names (``x.png``, ``x_.png``).
+
+    Args:
+        unreadable: When given, unreadable images are skipped and recorded here (``{path: error message}``), and a
+            :class:`ValueError` is raised only when no image can be read; otherwise the first one raises.
 
     Returns:
         The JSON file's path.
@@ -156,14 +163,29 @@ def predict_and_save(
     from PIL import Image
 
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {}
+    used: set[str] = set()
     for path in image_paths:
-        image = load_image(path)
+        try:
+            image = load_image(path)
+        except ValueError as err:
+            if unreadable is None:
+                raise
+            unreadable[str(path)] = str(err)
+            continue
         (det,) = predict(model, [image], device=device)
         drawn = draw_detections(image, det, class_names=class_names, score_thresh=score_thresh)
-        Image.fromarray(drawn.permute(1, 2, 0).numpy()).save(out_dir / f"{Path(path).stem}.png")
+        stem = Path(path).stem
+        while stem in used:
+            stem += "_"
+        used.add(stem)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(drawn.permute(1, 2, 0).numpy()).save(out_dir / f"{stem}.png")
         results[str(path)] = detection_to_json(det, class_names=class_names, score_thresh=score_thresh)
+    if image_paths and not results:
+        first = next(iter(unreadable.values())) if unreadable else "no images"
+        raise ValueError(f"none of the {len(image_paths)} images could be read ({first})")
+    out_dir.mkdir(parents=True, exist_ok=True)
     json_path = out_dir / "predictions.json"
     json_path.write_text(json.dumps(results, indent=1))
     return json_path

@@ -266,6 +266,17 @@ def _read_classes(run_dir: Path) -> list[str] | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
+def _meta_json(meta: dict[str, str], key: str) -> Any:
+    """A JSON metadata entry; None when absent, empty or ``null`` (files converted without class names)."""
+    text = meta.get(key)
+    return json.loads(text) if text else None
+
+
+def _meta_classes(meta: dict[str, str]) -> list[str] | None:
+    names = _meta_json(meta, "classes")
+    return list(names) if isinstance(names, list) and all(isinstance(n, str) for n in names) else None
+
+
 def _model_from_run(
     cfg: dict[str, Any],
     state: dict[str, torch.Tensor],
@@ -319,8 +330,8 @@ def load_segmentor(
     meta = _metadata(path) if path.suffix == ".safetensors" else {}
     if meta.get("task") == "segmentation" and meta.get("kind") == RUN_KIND:
         cfg = _run_config(json.loads(meta["config"]))
-        palette = json.loads(meta["palette"]) if meta.get("palette") else None
-        model = _model_from_run(cfg, load_file(str(path)), json.loads(meta.get("classes", "null")), palette)
+        palette = _meta_json(meta, "palette")
+        model = _model_from_run(cfg, load_file(str(path)), _meta_classes(meta), palette)
         return model, _info(model, RUN_KIND, cfg, source=str(path))
     if path.suffix == ".safetensors" and (path.parent / "config.yaml").is_file() and meta.get("task") != "segmentation":
         cfg = _run_config(yaml.safe_load((path.parent / "config.yaml").read_text()))
@@ -328,11 +339,12 @@ def load_segmentor(
         return model, _info(model, RUN_KIND, cfg, source=str(path))
     rule = lda_rule or meta.get("lda_rule") or None
     model = load_mmseg_checkpoint(path, lda_rule=rule, trusted=trusted)
-    if meta.get("classes"):
-        names = json.loads(meta["classes"])
-        model.class_names = names if len(names) == model.num_classes else model.class_names
-    if meta.get("palette"):
-        model.palette = [tuple(c) for c in json.loads(meta["palette"])]
+    names = _meta_classes(meta)  # None (absent, or ``null`` in older files): unknown, numbered where shown
+    if names is not None and len(names) == model.num_classes:
+        model.class_names = names
+    palette = _meta_json(meta, "palette")
+    if palette and len(palette) == model.num_classes:
+        model.palette = [tuple(c) for c in palette]
     return model, _info(model, MMSEG_KIND, None, source=str(path))
 
 
@@ -367,10 +379,12 @@ def convert_mmseg(
         "model": model.name,
         "lda_rule": model.lda_rule,
         "num_classes": str(model.num_classes),
-        "classes": json.dumps(model.class_names),
-        "palette": json.dumps([list(c) for c in model.palette]) if model.palette else "",
         "source": Path(src).name,
     }
+    if model.class_names is not None:  # no entry when the checkpoint has no class names (never "null")
+        meta["classes"] = json.dumps(model.class_names)
+    if model.palette:
+        meta["palette"] = json.dumps([list(c) for c in model.palette])
     atomic_save_safetensors(model.state_dict(), dst, meta)
     return meta
 
@@ -467,7 +481,8 @@ def _image_paths(inputs: Sequence[str | os.PathLike]) -> list[Path]:
             raise FileNotFoundError(f"no such image or folder: {p}")
     if not paths:
         raise ValueError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found in {[str(i) for i in inputs]}")
-    return paths
+    unique = {p.resolve(): p for p in reversed(paths)}  # a file named twice (a folder and a file in it): once
+    return [p for p in paths if unique[p.resolve()] is p]
 
 
 def predict_images(
