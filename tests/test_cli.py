@@ -48,3 +48,25 @@ def test_demo_smoke(tmp_path):
 def test_errors_are_reported_without_traceback(capsys, tmp_path):
     assert cli(["convert", str(tmp_path / "nope.pth"), str(tmp_path / "out.safetensors")]) == 2
     assert "checkpoint file not found" in capsys.readouterr().err
+
+
+def test_config_mistakes_are_named(capsys, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model:\n  name: [oops\n")
+    assert cli(["train", "--config", str(bad)]) == 2
+    assert f"{bad} is not valid YAML" in capsys.readouterr().err
+    assert cli(["train", "--config", "fashion_mnist_demo", "optim.lr=[1"]) == 2
+    assert "override 'optim.lr=[1': the value is not valid YAML" in capsys.readouterr().err
+    assert cli(["train", "--config", "fashion_mnist_demo", "train.batch_size=abc"]) == 2
+    assert "train.batch_size takes a number, got 'abc'" in capsys.readouterr().err
+    assert cli(["train", "--config", "fashion_mnist_demo", "train.deterministic=1"]) == 2
+    assert "train.deterministic takes true or false" in capsys.readouterr().err
+    # overrides on both sides of an option all count (the second one is checked, so this stops there)
+    assert (
+        cli(["train", "--config", "fashion_mnist_demo", "optim.lr=1e-3", "--force-resume", "train.batch_size=x"]) == 2
+    )
+    assert "train.batch_size takes a number, got 'x'" in capsys.readouterr().err
+    assert cli(["train", "--config", "fashion_mnist_demo", "optim.lr=1e-3", "--force-resume", "stray"]) == 2
+    assert "unrecognized arguments: stray" in capsys.readouterr().err
+    assert cli(["models", "--img-size", "31"]) == 2
+    assert "--img-size takes H or H W, each at least 32" in capsys.readouterr().err

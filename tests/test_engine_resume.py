@@ -86,5 +86,7 @@ def test_resume_refuses_to_overwrite_another_run_and_a_finished_run(tmp_path):
     proc = run_cli(["train", *TINY_RUN, "sched.epochs=1", f"train.output_dir={b}", "--resume", str(b)], check=False)
     assert proc.returncode == 2 and "nothing left to train" in proc.stderr
     # a path that does not exist is named as such
-    proc = run_cli(["train", *TINY_RUN, f"train.output_dir={tmp_path / 'c'}", "--resume", str(tmp_path / "x")], check=False)
+    proc = run_cli(
+        ["train", *TINY_RUN, f"train.output_dir={tmp_path / 'c'}", "--resume", str(tmp_path / "x")], check=False
+    )
     assert proc.returncode == 2 and "does not exist" in proc.stderr

@@ -77,7 +77,20 @@ def main(argv: list[str] | None = None) -> int:
     from ..engine.distributed import cleanup
     from ..engine.trainer import TrainingDivergedError
 
-    args = build_parser().parse_args(argv)
+    args, extra = build_parser().parse_known_args(argv)
+    if extra:
+        # KEY=VALUE overrides on both sides of an option (``... a=1 --resume RUN b=2``): argparse takes one run of a
+        # positional list only, so the later ones come back here
+        if hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra):
+            args.overrides = [*(args.overrides or []), *extra]
+        else:
+            where = " ".join(w for w in (args.command, getattr(args, f"{args.command}_command", None)) if w)
+            print(
+                f"crossformer {where}: error: unrecognized arguments: {' '.join(extra)} "
+                f"(see crossformer {where} --help)",
+                file=sys.stderr,
+            )
+            return 2
     try:
         # a process-wide allocator setting, so only when this is the process's entry point (the console script), not
         # when main() is called as a function: on for inference commands, CROSSFORMER_KEEP_FREED_MEMORY=0/1 overrides

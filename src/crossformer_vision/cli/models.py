@@ -27,7 +27,9 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--variants", nargs="+", default=None, help="subset of variants (default: all)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument(
-        "--forward", action="store_true", help="also run each variant once on the bundled image (random weights)"
+        "--forward",
+        action="store_true",
+        help="also run each variant once on the bundled image (random weights, preprocessed at 224)",
     )
     p.add_argument("--image", default=None, help="image for --forward (default: the bundled chelsea.jpg)")
 
@@ -58,7 +60,11 @@ def facts_table(rows: list[dict], img_size: tuple[int, int]) -> Table:
 
 
 def run(args: argparse.Namespace) -> int:
-    size = tuple(args.img_size) * 2 if len(args.img_size) == 1 else tuple(args.img_size[:2])
+    if len(args.img_size) > 2 or min(args.img_size) < 32:
+        raise ValueError(
+            f"--img-size takes H or H W, each at least 32 (the models need a 32x32 input), got {args.img_size}"
+        )
+    size = tuple(args.img_size) * 2 if len(args.img_size) == 1 else tuple(args.img_size)
     rows = [model_facts(v, size) for v in (args.variants or list_variants())]
     if args.json:
         print(json.dumps(rows, indent=1))

@@ -44,6 +44,17 @@ def _parse(raw: str) -> Any:
     return value
 
 
+def _check_type(key: str, default: Any, value: Any, where: str) -> None:
+    """A number where the default is a number, a boolean where it is a boolean (None always allowed)."""
+    if value is None or default is None:
+        return
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ValueError(f"{where}: {key} takes true or false, got {value!r}")
+    elif isinstance(default, (int, float)) and (isinstance(value, bool) or not isinstance(value, (int, float))):
+        raise ValueError(f"{where}: {key} takes a number, got {value!r}")
+
+
 def merge_config(base: Mapping[str, Any], update: Mapping[str, Any], where: str = "config") -> dict[str, Any]:
     """``base`` updated recursively by ``update``; keys absent from ``base`` are refused (free-form ``kwargs`` dicts
     excepted)."""
@@ -55,7 +66,9 @@ def merge_config(base: Mapping[str, Any], update: Mapping[str, Any], where: str 
             out[key] = merge_config(out[key], value, f"{where}.{key}")
         elif isinstance(out[key], float) and isinstance(value, str):
             out[key] = _parse(value)
+            _check_type(key, base[key], out[key], where)
         else:
+            _check_type(key, out[key], value, where)
             out[key] = copy.deepcopy(value)
     return out
 
@@ -69,7 +82,11 @@ def apply_overrides(cfg: Mapping[str, Any], overrides: Iterable[str]) -> dict[st
             raise ValueError(f"override {item!r} is not of the form key=value (e.g. optim.lr=1e-3)")
         key, raw = item.split("=", 1)
         key = key.strip()
-        value = _parse(raw)
+        try:
+            value = _parse(raw)
+        except yaml.YAMLError as err:
+            problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+            raise ValueError(f"override {item!r}: the value is not valid YAML ({problem})") from None
         parts = key.split(".")
         node = out
         for i, part in enumerate(parts):
@@ -77,6 +94,8 @@ def apply_overrides(cfg: Mapping[str, Any], overrides: Iterable[str]) -> dict[st
             if part not in node and not free:
                 raise _unknown(key, flat, "command-line overrides")
             if i == len(parts) - 1:
+                if not free:
+                    _check_type(key, node.get(part), value, "command-line overrides")
                 node[part] = value
             else:
                 node = node.setdefault(part, {})
@@ -94,7 +113,11 @@ def load_config(
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"config file not found: {path}")
-        loaded = yaml.safe_load(path.read_text()) or {}
+        try:
+            with open(path) as stream:  # a stream: YAML's error marks then name the file
+                loaded = yaml.safe_load(stream) or {}
+        except yaml.YAMLError as err:
+            raise ValueError(f"{path} is not valid YAML: {' '.join(str(err).split())}") from None
         if not isinstance(loaded, Mapping):
             raise ValueError(f"{path} must hold a mapping of config sections, got {type(loaded).__name__}")
         cfg = merge_config(cfg, loaded, str(path))

@@ -279,8 +279,8 @@ class Trainer:
             total = min(total, loop.max_steps)
         if resume is not None and (self.global_step >= total or self.epoch >= loop.epochs):
             raise ValueError(
-                f"nothing left to train: the checkpoint is at step {self.global_step} (epoch {self.epoch}), and this run "
-                f"ends at step {total} ({loop.epochs} epochs of {self.steps_per_epoch} steps"
+                f"nothing left to train: the checkpoint is at step {self.global_step} (epoch {self.epoch}), and this "
+                f"run ends at step {total} ({loop.epochs} epochs of {self.steps_per_epoch} steps"
                 + (f", max_steps {loop.max_steps}" if loop.max_steps is not None else "")
                 + "); raise sched.epochs (or train.max_steps) to train further"
             )

@@ -40,6 +40,7 @@ from ...engine import (
     seed_everything,
     set_deterministic,
 )
+from ...engine.checkpoint import check_resume_target
 from ...engine.plots import plot_curves
 from .builders import parse_detector_name
 from .config import RESUME_MUST_MATCH, build_model, recipe_from_config, resolved_lr
@@ -116,6 +117,7 @@ def train(cfg: dict[str, Any], resume: str | Path | None = None, force_resume: b
         raise ValueError(f"train.batch_size must be >= 1, got {t['batch_size']}")
     run_dir = Path(t["output_dir"])
     if resume is not None:
+        check_resume_target(run_dir, resume)  # before anything is written into run_dir
         _check_resume(cfg, resume, force_resume)
     elif CheckpointManager(run_dir / "checkpoints").latest() is not None:  # before its config.yaml is overwritten
         raise ValueError(

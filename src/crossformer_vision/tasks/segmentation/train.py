@@ -32,6 +32,7 @@ from ...engine import (
     seed_everything,
     set_deterministic,
 )
+from ...engine.checkpoint import check_resume_target
 from ...engine.plots import plot_curves
 from ...models.io import atomic_save_safetensors
 from .config import RESUME_MUST_MATCH, build_datasets, build_model, inference_settings
@@ -151,6 +152,7 @@ def train(cfg: dict[str, Any], resume: str | Path | None = None, force_resume: b
         set_deterministic(True, dist.device)
     run_dir = Path(t["output_dir"])
     if resume is not None:
+        check_resume_target(run_dir, resume)  # before anything is written into run_dir
         _check_resume(cfg, resume, force_resume)
     micro = _micro_batch(cfg, dist.world_size)
     settings = inference_settings(cfg)
