@@ -70,3 +70,14 @@ def test_config_mistakes_are_named(capsys, tmp_path):
     assert "unrecognized arguments: stray" in capsys.readouterr().err
     assert cli(["models", "--img-size", "31"]) == 2
     assert "--img-size takes H or H W, each at least 32" in capsys.readouterr().err
+
+
+def test_predict_topk_below_one_is_rejected(capsys, tmp_path):
+    import pytest
+
+    for bad in ("-1", "0", "x"):
+        with pytest.raises(SystemExit) as exc:
+            cli(["predict", str(tmp_path), "--checkpoint", str(tmp_path), "--topk", bad])
+        assert exc.value.code == 2
+        err = capsys.readouterr().err
+        assert "--topk" in err and ">= 1" in err and "Traceback" not in err

@@ -185,3 +185,26 @@ def test_deterministic_mode_is_strict_on_cpu_and_warns_on_cuda():
     finally:
         set_deterministic(False)
     assert not torch.are_deterministic_algorithms_enabled()
+
+
+def test_strict_json_writes_null_for_non_finite_metrics():
+    import json
+    import math
+
+    import numpy as np
+    import torch
+
+    from crossformer_vision.engine.json_safe import finite_or_none, strict_json_dumps
+
+    report = {
+        "metrics": {"top1": 50.0, "nan": float("nan"), "inf": float("inf")},
+        "per_class": [{"class": "a", "accuracy": float("nan"), "n": 0}, {"class": "b", "IoU": np.float32("nan")}],
+        "t": (torch.tensor(float("-inf")), np.float64(1.5), True, None, "x"),
+    }
+    text = strict_json_dumps(report, indent=1)
+    assert "NaN" not in text and "Infinity" not in text
+    back = json.loads(text)
+    assert back["metrics"] == {"top1": 50.0, "nan": None, "inf": None}
+    assert back["per_class"][0]["accuracy"] is None and back["per_class"][1]["IoU"] is None
+    assert back["t"] == [None, 1.5, True, None, "x"]
+    assert finite_or_none(math.pi) == math.pi

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from safetensors.torch import load_file
 
 from crossformer_vision.data.folder import ImageFolderDataset, collate_skipping, load_rgb
 from train_utils import TINY_RUN, run_cli
@@ -103,3 +104,27 @@ def test_train_eval_predict_on_a_folder(tmp_path):
     assert len(preds) == 5 and sum("error" in p for p in preds) == 1
     ok = [p for p in preds if "top" in p]
     assert all(len(p["top"]) == 2 and p["top"][0]["label"] in ("dark", "mid", "light") for p in ok)
+    # the run's other weights evaluate too: best.safetensors and a checkpoints/step-* folder
+    step = sorted((run / "checkpoints").glob("step-*"))[-1]
+    for weights in (run / "best.safetensors", step):
+        out = run_cli(["eval", "--checkpoint", str(weights), "--json"])
+        assert json.loads(out.stdout)["metrics"]["num_images"] == 14
+    # an official-style file with another number of classes (no class names) is refused, not an IndexError
+    sd = {k: v for k, v in load_file(str(run / "final.safetensors")).items()}
+    sd["head.weight"], sd["head.bias"] = torch.zeros(10, sd["head.weight"].shape[1]), torch.zeros(10)
+    torch.save({"model": sd}, tmp_path / "other.pth")
+    kwargs = [o for o in overrides if o.startswith("model.kwargs")]
+    proc = run_cli(
+        [
+            "eval",
+            "--checkpoint",
+            str(tmp_path / "other.pth"),
+            "--model",
+            "crossformer_t",
+            "data.dataset=folder",
+            f"data.root={tmp_path / 'data'}",
+            *kwargs,
+        ],
+        check=False,
+    )
+    assert proc.returncode == 2 and "the model predicts 10 classes but the dataset has 3" in proc.stderr, proc.stderr

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 
 from rich.console import Console
 from rich.table import Table
@@ -26,11 +25,12 @@ def add_args(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..engine.json_safe import strict_json_dumps
     from ..tasks.classification.inference import evaluate_checkpoint
 
     out = evaluate_checkpoint(args.checkpoint, args.overrides, args.model, args.batch_size, args.trust_checkpoint)
     if args.json:
-        print(json.dumps(out, indent=1))
+        print(strict_json_dumps(out, indent=1))
         return 0
     m = out["metrics"]
     console = Console(width=None if Console().is_terminal else 120)

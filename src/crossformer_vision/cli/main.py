@@ -107,7 +107,10 @@ def main(argv: list[str] | None = None) -> int:
         CheckpointWriteError,
         TrainingDivergedError,
     ) as err:
-        print(f"crossformer {args.command}: error: {err}", file=sys.stderr)
+        if os.environ.get("CROSSFORMER_DEBUG", "0") != "0":
+            raise
+        hint = " (CROSSFORMER_DEBUG=1 shows where it came from)" if isinstance(err, TypeError) else ""
+        print(f"crossformer {args.command}: error: {err}{hint}", file=sys.stderr)
         return 2
     finally:
         # a process group left to interpreter exit can abort there (gloo's worker threads: "terminate called without

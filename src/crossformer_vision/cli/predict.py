@@ -8,11 +8,22 @@ from rich.console import Console
 from rich.table import Table
 
 
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (``--topk``)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
 def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("inputs", nargs="+", help="image files and/or folders")
     p.add_argument("--checkpoint", required=True, help="run directory, final.safetensors, or an official .pth")
     p.add_argument("--model", default=None, help="model name (only for official files of non-CrossFormer models)")
-    p.add_argument("--topk", type=int, default=5)
+    p.add_argument("--topk", type=positive_int, default=5, help="labels per image (>= 1)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument(
         "--trust-checkpoint", action="store_true", help="allow arbitrary pickled objects (trusted files only)"

@@ -27,16 +27,30 @@ __all__ = ["evaluate_checkpoint", "load_any_classifier", "predict_images"]
 
 
 def _is_run_file(path: Path) -> bool:
+    """A run directory, a file of one (``final`` / ``best.safetensors``) or one of its ``checkpoints/step-*``."""
     if path.is_dir():
+        if (path / "meta.json").is_file() and path.parent.name == "checkpoints":
+            return (path.parent.parent / "config.yaml").is_file()
         return (path / "final.safetensors").is_file()
-    if path.suffix != ".safetensors":
+    if path.suffix != ".safetensors" or not path.is_file():
         return False
     with safe_open(str(path), "pt") as f:
-        return (f.metadata() or {}).get("task") == "classification"
+        if (f.metadata() or {}).get("task") == "classification":
+            return True
+    return (path.parent / "final.safetensors").is_file() and (path.parent / "config.yaml").is_file()
+
+
+def _run_dir(path: Path) -> Path:
+    if path.is_dir():
+        return path.parent.parent if (path / "meta.json").is_file() else path
+    return path.parent
 
 
 def load_any_classifier(
-    checkpoint: str | Path, model_name: str | None = None, trusted: bool = False
+    checkpoint: str | Path,
+    model_name: str | None = None,
+    trusted: bool = False,
+    model_kwargs: dict[str, Any] | None = None,
 ) -> tuple[nn.Module, dict[str, Any]]:
     """A run of ``crossformer train`` (directory or ``final.safetensors``) or an official / converted checkpoint.
 
@@ -47,7 +61,7 @@ def load_any_classifier(
     path = Path(checkpoint)
     if _is_run_file(path):
         model, info = load_run_model(path)
-        run_cfg = (path if path.is_dir() else path.parent) / "config.yaml"
+        run_cfg = _run_dir(path) / "config.yaml"
         info["run_config"] = load_config(DEFAULTS, run_cfg) if run_cfg.is_file() else None
         return model, info
     sd = read_state_dict(path, trusted)
@@ -55,7 +69,7 @@ def load_any_classifier(
     if name is None:
         raise ValueError(f"cannot tell which model {path} holds; pass --model NAME")
     num_classes = sd["head.weight"].shape[0] if "head.weight" in sd else 1000
-    model = timm.create_model(name, num_classes=num_classes)
+    model = timm.create_model(name, num_classes=num_classes, **(model_kwargs or {}))
     load_classifier_weights(model, path) if path.suffix == ".safetensors" else _load_official(model, path, trusted)
     classes = timm.data.ImageNetInfo().label_descriptions() if num_classes == 1000 else None
     return model.eval(), {
@@ -91,7 +105,9 @@ def evaluate_checkpoint(
     evaluated under its own autocast setting (``train.amp``), which an override can change (``train.amp=bf16``).
     """
     dist: DistInfo = init_distributed()
-    model, info = load_any_classifier(checkpoint, model_name, trusted)
+    # model.kwargs overrides shape an official / converted file's model (a run's own file describes its model)
+    model_kwargs = apply_overrides(DEFAULTS, [o for o in overrides if o.startswith("model.kwargs.")])["model"]["kwargs"]
+    model, info = load_any_classifier(checkpoint, model_name, trusted, model_kwargs)
     model.to(dist.device)
     cfg = copy.deepcopy(info["run_config"] or DEFAULTS)
     cfg = apply_overrides(cfg, overrides)
@@ -100,8 +116,14 @@ def evaluate_checkpoint(
     dcfg["input_size"] = tuple(dcfg["input_size"])
     _, val_ds, classes = build_datasets(cfg, dcfg, train=False)
     num_classes = len(info["classes"] or classes)
-    if info["classes"] is not None and len(classes) != num_classes:
-        raise ValueError(f"the model predicts {num_classes} classes but the dataset has {len(classes)}")
+    head = getattr(model, "num_classes", None)  # what the classifier really outputs (an official file has no names)
+    if isinstance(head, int) and head > 0 and info["classes"] is None:
+        num_classes = head
+    if len(classes) != num_classes:
+        raise ValueError(
+            f"the model predicts {num_classes} classes but the dataset has {len(classes)}: evaluate it on data with "
+            "the classes it was trained on (data.root=...)"
+        )
     # the run's autocast setting (``train.amp=null`` overrides it), so a run evaluates to the metrics it reported
     amp = cfg["train"]["amp"]
     metrics, confusion = evaluate_classifier(

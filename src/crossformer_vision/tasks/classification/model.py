@@ -67,14 +67,25 @@ def load_classifier_weights(model: nn.Module, path: str | Path) -> None:
 
 
 def load_run_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
-    """A model saved by ``crossformer train`` (``final.safetensors`` with its metadata) and its metadata."""
+    """A model saved by ``crossformer train`` and its metadata: the run directory or its ``final.safetensors``, or
+    other weights of the run (``best.safetensors``, ``checkpoints/step-*``) described by its ``final.safetensors``."""
     from safetensors import safe_open
 
     path = Path(path)
-    if path.is_dir():
-        path = path / "final.safetensors"
+    weights = path
+    if path.is_dir() and (path / "meta.json").is_file():  # a training checkpoint: <run>/checkpoints/step-*
+        path = path.parent.parent / "final.safetensors"
+    elif path.is_dir():
+        path = weights = path / "final.safetensors"
+    elif path.is_file() and path.name != "final.safetensors" and (path.parent / "final.safetensors").is_file():
+        with safe_open(str(path), "pt") as f:  # best.safetensors: weights only, the run's final file describes them
+            if (f.metadata() or {}).get("task") != "classification":
+                path = path.parent / "final.safetensors"
     if not path.is_file():
-        raise FileNotFoundError(f"no trained model at {path} (expected a run directory or its final.safetensors)")
+        raise FileNotFoundError(
+            f"no trained model at {path} (expected a run directory, its final.safetensors or best.safetensors, or one "
+            "of its checkpoints/step-* folders once the run has written final.safetensors)"
+        )
     with safe_open(str(path), "pt") as f:
         meta = f.metadata() or {}
     if meta.get("task") != "classification":
@@ -83,6 +94,6 @@ def load_run_model(path: str | Path, device: torch.device | str = "cpu") -> tupl
         )
     classes = json.loads(meta["classes"])
     model = timm.create_model(meta["model"], num_classes=len(classes), **json.loads(meta.get("model_kwargs", "{}")))
-    load_classifier_weights(model, path)
+    load_classifier_weights(model, weights)
     info = {"classes": classes, "data_config": json.loads(meta["data_config"]), "model": meta["model"]}
     return model.to(device).eval(), info

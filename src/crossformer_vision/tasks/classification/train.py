@@ -26,6 +26,7 @@ from ...engine import (
     set_deterministic,
 )
 from ...engine.checkpoint import check_resume_target
+from ...engine.json_safe import strict_json_dumps
 from ...engine.plots import plot_confusion, plot_curves
 from ...models.io import atomic_save_safetensors
 from .config import DROP_PATH, resolved_lr
@@ -235,7 +236,7 @@ def _report(
             run_dir / "confusion.png",
             title=f"{cfg['model']['name']}: top-1 {metrics.get('top1', 0):.2f}%",
         )
-    (run_dir / "results.json").write_text(json.dumps(report, indent=1))
+    (run_dir / "results.json").write_text(strict_json_dumps(report, indent=1))
     plot_curves(run_dir, run_dir / "curves.png", val_keys=("top1", "top5"))
 
 

@@ -32,6 +32,7 @@ from ...engine import (
     load_config,
     merge_config,
 )
+from ...engine.json_safe import strict_json_dumps
 from ...engine.trainer import autocast_context
 from .builders import parse_detector_name
 from .coco_eval import COCO_METRIC_NAMES, CocoEvaluator
@@ -438,7 +439,7 @@ def evaluate_checkpoint(
     )
     if out_dir is not None and dist.is_main:
         out["results_files"] = [str(p) for p in write_coco_results(evaluator, merged, out_dir)]
-        (Path(out_dir) / "metrics.json").write_text(json.dumps(out, indent=1))
+        (Path(out_dir) / "metrics.json").write_text(strict_json_dumps(out, indent=1))
     out["summaries"] = dict(evaluator.summaries)
     out["is_main"] = dist.is_main
     return out

@@ -18,7 +18,6 @@ evaluation. A finished run directory holds::
 
 from __future__ import annotations
 
-import json
 import time
 import warnings
 from collections.abc import Mapping
@@ -41,6 +40,7 @@ from ...engine import (
     set_deterministic,
 )
 from ...engine.checkpoint import check_resume_target
+from ...engine.json_safe import strict_json_dumps
 from ...engine.plots import plot_curves
 from .builders import parse_detector_name
 from .config import RESUME_MUST_MATCH, build_model, recipe_from_config, resolved_lr
@@ -249,6 +249,6 @@ def train(cfg: dict[str, Any], resume: str | Path | None = None, force_resume: b
             report.update(metrics_report(last_eval["metrics"], last_eval["evaluator"]))
             report["metrics"] = {k: round(v, 4) for k, v in metrics.items()}
             write_coco_results(last_eval["evaluator"], last_eval["merged"], run_dir)
-        (run_dir / "results.json").write_text(json.dumps(report, indent=1))
+        (run_dir / "results.json").write_text(strict_json_dumps(report, indent=1))
         plot_curves(run_dir, run_dir / "curves.png", val_keys=tuple(f"{k}/AP" for k in iou_types))
     return result

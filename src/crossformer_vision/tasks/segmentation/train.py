@@ -33,6 +33,7 @@ from ...engine import (
     set_deterministic,
 )
 from ...engine.checkpoint import check_resume_target
+from ...engine.json_safe import strict_json_dumps
 from ...engine.plots import plot_curves
 from ...models.io import atomic_save_safetensors
 from .config import RESUME_MUST_MATCH, build_datasets, build_model, inference_settings
@@ -278,7 +279,7 @@ def _report(
     atomic_save_safetensors(model.state_dict(), run_dir / "final.safetensors", meta)
     report = {k: result[k] for k in ("metrics", "per_class", "iterations")}
     report["train_seconds"] = round(result["train_seconds"], 1)
-    (run_dir / "results.json").write_text(json.dumps(report, indent=1))
+    (run_dir / "results.json").write_text(strict_json_dumps(report, indent=1))
     (run_dir / "per_class.txt").write_text(result["table"] + "\n")
     plot_curves(run_dir, run_dir / "curves.png", val_keys=("mIoU", "mAcc", "aAcc"))
     if examples:
