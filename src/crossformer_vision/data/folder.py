@@ -34,6 +34,29 @@ class SkippedSample:
     reason: str
 
 
+def image_paths(inputs: Sequence[str | os.PathLike]) -> list[Path]:
+    """The image files named by ``inputs`` (files, and folders searched recursively for :data:`IMAGE_EXTENSIONS`), in
+    order; a file named twice (a folder and a file in it) is listed once. Raises when an input does not exist or no
+    image is found (the ``predict`` commands of every task)."""
+    paths: list[Path] = []
+    seen: set[Path] = set()
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS)
+        elif p.is_file():
+            found = [p]
+        else:
+            raise FileNotFoundError(f"no such image or folder: {p}")
+        for f in found:
+            if f.resolve() not in seen:
+                seen.add(f.resolve())
+                paths.append(f)
+    if not paths:
+        raise ValueError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found in {[str(i) for i in inputs]}")
+    return paths
+
+
 def load_rgb(path: str | os.PathLike) -> Image.Image:
     """Open any image as 8-bit RGB (16-bit grey is rescaled, alpha is dropped)."""
     with Image.open(path) as im:

@@ -173,7 +173,7 @@ def check_resume_target(run_dir: str | os.PathLike, resume: str | os.PathLike) -
     The resumed run writes its checkpoints, final weights and results into ``run_dir`` (``train.output_dir``); if that
     is a different run's folder, resuming would overwrite that run's results with this one's.
     """
-    ckpt_dir = Path(load_training_checkpoint_path(resume)).resolve()
+    ckpt_dir = load_training_checkpoint_path(resume).resolve()
     own = Path(run_dir).resolve() / "checkpoints"
     if ckpt_dir.parent == own:
         return

@@ -14,7 +14,7 @@ from safetensors import safe_open
 from timm.data import create_transform, resolve_model_data_config
 from torch import nn
 
-from ...data.folder import IMAGE_EXTENSIONS, load_rgb
+from ...data.folder import image_paths, load_rgb
 from ...engine import DistInfo, apply_overrides, autocast_context, init_distributed, load_config
 from ...models import detect_variant
 from ...models.io import read_checkpoint, read_state_dict
@@ -40,12 +40,6 @@ def _is_run_file(path: Path) -> bool:
     return (path.parent / "final.safetensors").is_file() and (path.parent / "config.yaml").is_file()
 
 
-def _run_dir(path: Path) -> Path:
-    if path.is_dir():
-        return path.parent.parent if (path / "meta.json").is_file() else path
-    return path.parent
-
-
 def load_any_classifier(
     checkpoint: str | Path,
     model_name: str | None = None,
@@ -61,7 +55,7 @@ def load_any_classifier(
     path = Path(checkpoint)
     if _is_run_file(path):
         model, info = load_run_model(path)
-        run_cfg = _run_dir(path) / "config.yaml"
+        run_cfg = info.pop("run_dir") / "config.yaml"
         info["run_config"] = load_config(DEFAULTS, run_cfg) if run_cfg.is_file() else None
         return model, info
     sd = read_state_dict(path, trusted)
@@ -115,10 +109,8 @@ def evaluate_checkpoint(
     dcfg = {k: dcfg[k] for k in ("input_size", "crop_pct", "interpolation", "mean", "std")}
     dcfg["input_size"] = tuple(dcfg["input_size"])
     _, val_ds, classes = build_datasets(cfg, dcfg, train=False)
-    num_classes = len(info["classes"] or classes)
-    head = getattr(model, "num_classes", None)  # what the classifier really outputs (an official file has no names)
-    if isinstance(head, int) and head > 0 and info["classes"] is None:
-        num_classes = head
+    # an official file carries no class names: its head says how many classes it predicts
+    num_classes = len(info["classes"]) if info["classes"] is not None else getattr(model, "num_classes", len(classes))
     if len(classes) != num_classes:
         raise ValueError(
             f"the model predicts {num_classes} classes but the dataset has {len(classes)}: evaluate it on data with "
@@ -131,21 +123,6 @@ def evaluate_checkpoint(
     )
     names = info["classes"] or classes
     return {"metrics": metrics, "per_class": per_class_accuracy(confusion[: len(names), : len(names)], list(names))}
-
-
-def _image_paths(inputs: Sequence[str]) -> list[Path]:
-    paths: list[Path] = []
-    for item in inputs:
-        p = Path(item)
-        if p.is_dir():
-            paths += sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_EXTENSIONS)
-        elif p.is_file():
-            paths.append(p)
-        else:
-            raise FileNotFoundError(f"no such image or folder: {p}")
-    if not paths:
-        raise ValueError(f"no images found in {list(inputs)}")
-    return paths
 
 
 @torch.no_grad()
@@ -176,7 +153,7 @@ def predict_images(
     )
     classes = info["classes"]
     results = []
-    paths = _image_paths(inputs)
+    paths = image_paths(inputs)
     for start in range(0, len(paths), batch_size):
         chunk, images, errors = paths[start : start + batch_size], [], {}
         for p in chunk:

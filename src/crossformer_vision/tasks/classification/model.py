@@ -96,4 +96,5 @@ def load_run_model(path: str | Path, device: torch.device | str = "cpu") -> tupl
     model = timm.create_model(meta["model"], num_classes=len(classes), **json.loads(meta.get("model_kwargs", "{}")))
     load_classifier_weights(model, weights)
     info = {"classes": classes, "data_config": json.loads(meta["data_config"]), "model": meta["model"]}
+    info["run_dir"] = path.parent  # the folder of the final.safetensors that describes the model
     return model.to(device).eval(), info

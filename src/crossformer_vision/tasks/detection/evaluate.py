@@ -454,7 +454,7 @@ def predict_files(
     score_thresh: float = 0.3,
     device: str | None = None,
     trusted: bool = False,
-) -> tuple[Path, list[Path]]:
+) -> tuple[Path, list[Path], dict[str, str]]:
     """``det predict``: ``<out_dir>/<image>.png`` with boxes, labels, scores (and masks) plus ``predictions.json``.
 
     Folders are searched recursively; a file named twice is predicted once. Pictures share a base name: the later
@@ -464,25 +464,10 @@ def predict_files(
     Returns:
         ``(json path, image paths predicted, {unreadable image path: error message})``.
     """
-    from ...data.folder import IMAGE_EXTENSIONS
+    from ...data.folder import image_paths
     from .visualize import predict_and_save
 
-    paths: list[Path] = []
-    seen: set[Path] = set()
-    for item in inputs:
-        p = Path(item)
-        if p.is_dir():
-            found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS)
-        elif p.is_file():
-            found = [p]
-        else:
-            raise FileNotFoundError(f"no such image or folder: {p}")
-        for f in found:  # a file named twice (e.g. a folder and a file in it) is predicted once
-            if f.resolve() not in seen:
-                seen.add(f.resolve())
-                paths.append(f)
-    if not paths:
-        raise ValueError(f"no images found in {list(inputs)}")
+    paths = image_paths(inputs)
     model, info = load_detector(checkpoint, overrides, trusted=trusted)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model.to(dev)

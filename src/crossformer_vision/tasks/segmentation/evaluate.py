@@ -29,7 +29,8 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
-from ...data.segmentation import IGNORE_INDEX, IMAGE_EXTENSIONS, read_image
+from ...data.folder import image_paths
+from ...data.segmentation import IGNORE_INDEX, read_image
 from ...engine import DistInfo, all_reduce_sum, apply_overrides, init_distributed, merge_config
 from ...engine.checkpoint import load_training_checkpoint
 from ...engine.sampling import EvalShardSampler
@@ -469,22 +470,6 @@ def save_label_png(labels: np.ndarray, path: str | os.PathLike, palette: np.ndar
     return path
 
 
-def _image_paths(inputs: Sequence[str | os.PathLike]) -> list[Path]:
-    paths: list[Path] = []
-    for item in inputs:
-        p = Path(item)
-        if p.is_dir():
-            paths += sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS)
-        elif p.is_file():
-            paths.append(p)
-        else:
-            raise FileNotFoundError(f"no such image or folder: {p}")
-    if not paths:
-        raise ValueError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found in {[str(i) for i in inputs]}")
-    unique = {p.resolve(): p for p in reversed(paths)}  # a file named twice (a folder and a file in it): once
-    return [p for p in paths if unique[p.resolve()] is p]
-
-
 def predict_images(
     checkpoint: str | os.PathLike,
     inputs: Sequence[str | os.PathLike],
@@ -518,7 +503,7 @@ def predict_images(
     out.mkdir(parents=True, exist_ok=True)
     used: set[str] = set()
     results = []
-    for path in _image_paths(inputs):
+    for path in image_paths(inputs):
         try:
             array = read_image(path)
         except ValueError as err:
