@@ -176,6 +176,43 @@ def test_timm_features_only(name):
     assert not any(k.startswith("model.layers.3") for k in sub.state_dict())
 
 
+def test_features_only_model_trains_with_grad_checkpointing():
+    kwargs = {k: v for k, v in TINY.items() if k != "num_classes"}
+    torch.manual_seed(0)
+    model = timm.create_model("crossformer_t", features_only=True, **kwargs)
+    x = torch.randn(2, 3, 64, 64)
+
+    def grads():
+        model.zero_grad()
+        sum(m.square().mean() for m in model(x)).backward()
+        return [p.grad.clone() for p in model.parameters()]
+
+    plain = grads()
+    model.set_grad_checkpointing(True)
+    assert model.model.grad_checkpointing and model.model.layers[0].grad_checkpointing
+    for a, b in zip(plain, grads(), strict=True):
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("pool", ["max", "avgmax", "catavgmax"])
+def test_global_pool_choices_follow_timm(pool):
+    model = tiny("crossformer_t").eval()
+    x = torch.randn(2, 3, 64, 64)
+    feats = model.forward_features(x)
+    model.reset_classifier(5, global_pool=pool)
+    max_ = feats.amax(dim=(1, 2))
+    expected = {"max": max_, "avgmax": 0.5 * (feats.mean(dim=(1, 2)) + max_)}
+    expected["catavgmax"] = torch.cat([feats.mean(dim=(1, 2)), max_], dim=1)
+    torch.testing.assert_close(model.forward_head(feats, pre_logits=True), expected[pool])
+    assert model.head.in_features == (512 if pool == "catavgmax" else 256) and model(x).shape == (2, 5)
+    built = tiny("crossformer_t", global_pool=pool)
+    assert built.global_pool == pool and built.head.in_features == model.head.in_features
+    with pytest.raises(ValueError, match="global_pool must be one of"):
+        tiny("crossformer_t", global_pool="token")
+    with pytest.raises(ValueError, match="global_pool must be one of"):
+        model.reset_classifier(3, global_pool="mean")
+
+
 def test_timm_registry_and_pretrained_cfg():
     assert set(VARIANTS) <= set(timm.list_models("crossformer*"))
     model = timm.create_model("crossformerpp_s")

@@ -20,9 +20,9 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
-from timm.layers import DropPath, trunc_normal_
+from timm.layers import DropPath, SelectAdaptivePool2d, trunc_normal_
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
-from timm.models._features import feature_take_indices
+from timm.models._features import FeatureGetterNet, feature_take_indices
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
@@ -37,10 +37,27 @@ from ..layers import (
     plan_group_layout,
 )
 
-__all__ = ["MIN_INPUT_SIZE", "CrossFormer", "CrossFormerBackbone", "CrossFormerBlock", "CrossFormerStage"]
+__all__ = [
+    "GLOBAL_POOLS",
+    "MIN_INPUT_SIZE",
+    "CrossFormer",
+    "CrossFormerBackbone",
+    "CrossFormerBlock",
+    "CrossFormerFeatures",
+    "CrossFormerStage",
+]
 
 #: Smallest input side: four stages of /4, /2, /2, /2 must leave at least one token.
 MIN_INPUT_SIZE = 32
+
+#: Head pooling choices, timm's names (``"catavgmax"`` doubles the classifier's input width; ``""`` keeps the map).
+GLOBAL_POOLS = ("avg", "max", "avgmax", "catavgmax", "")
+
+
+def _check_global_pool(global_pool: str) -> str:
+    if global_pool not in GLOBAL_POOLS:
+        raise ValueError(f"global_pool must be one of {GLOBAL_POOLS}, got {global_pool!r}")
+    return global_pool
 
 
 def _per_stage(value: Any, num_stages: int, name: str) -> tuple:
@@ -199,7 +216,8 @@ class CrossFormer(nn.Module):
         img_size: Nominal input size (metadata only: every input of at least 32 x 32 works).
         in_chans: Image channels.
         num_classes: Classes of the head (0 for no head).
-        global_pool: ``"avg"`` or ``""`` (no pooling; ``forward_head`` then returns the token map).
+        global_pool: ``"avg"`` (the official head), ``"max"``, ``"avgmax"``, ``"catavgmax"`` or ``""`` (no pooling;
+            ``forward_head`` then returns the token map).
         embed_dim: Width D of stage 1; stage widths are D, 2D, 4D, 8D.
         depths: Blocks per stage.
         num_heads: Attention heads per stage.
@@ -249,8 +267,7 @@ class CrossFormer(nn.Module):
         fused_attn: bool | None = None,
     ):
         super().__init__()
-        if global_pool not in ("avg", ""):
-            raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
+        _check_global_pool(global_pool)
         if lda_rule not in LDA_RULES:
             raise ValueError(f"unknown lda_rule {lda_rule!r}; expected one of {LDA_RULES}")
         num_stages = len(depths)
@@ -260,8 +277,6 @@ class CrossFormer(nn.Module):
         num_heads = _per_stage(num_heads, num_stages, "num_heads")
         merge_kernel_sizes = _per_stage(tuple(map(tuple, merge_kernel_sizes)), num_stages - 1, "merge_kernel_sizes")
 
-        self.num_classes = num_classes
-        self.global_pool = global_pool
         self.in_chans = in_chans
         self.img_size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
         self.embed_dim = embed_dim
@@ -309,8 +324,16 @@ class CrossFormer(nn.Module):
             self.feature_info.append(dict(num_chs=dim, reduction=embed_kernel_sizes[0] * 2**i, module=f"layers.{i}"))
         self.norm = norm_layer(self.num_features)
         self.head_drop = nn.Dropout(drop_rate)
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        self._make_head(num_classes, global_pool)
         self.apply(self._init_weights)
+
+    def _make_head(self, num_classes: int, global_pool: str) -> None:
+        # the pool has no parameters: the head's keys stay the official ``head.weight`` / ``head.bias``
+        self.global_pool = global_pool
+        self.pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=True, input_fmt="NHWC")
+        width = self.num_features * self.pool.feat_mult()
+        self.num_classes = num_classes
+        self.head = nn.Linear(width, num_classes) if num_classes > 0 else nn.Identity()
 
     @staticmethod
     def _init_weights(m: nn.Module) -> None:
@@ -374,12 +397,7 @@ class CrossFormer(nn.Module):
         return self.head
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        if global_pool is not None:
-            if global_pool not in ("avg", ""):
-                raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
-            self.global_pool = global_pool
-        self.num_classes = num_classes
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        self._make_head(num_classes, self.global_pool if global_pool is None else _check_global_pool(global_pool))
 
     def check_input(self, x: torch.Tensor) -> None:
         """Raise a clear error for inputs the model cannot take (called by every public forward)."""
@@ -485,7 +503,9 @@ class CrossFormer(nn.Module):
 
     def _head(self, x: torch.Tensor, pre_logits: bool) -> torch.Tensor:
         if self.global_pool == "avg":
-            x = x.mean(dim=(1, 2))
+            x = x.mean(dim=(1, 2))  # the official head's pooling, bit for bit
+        elif self.global_pool:
+            x = self.pool(x)
         x = self.head_drop(x)
         return x if pre_logits else self.head(x)
 
@@ -526,6 +546,15 @@ def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: CrossFormer
     return {k: v for k, v in state_dict.items() if k in own or k not in HEAD_KEYS}
 
 
+class CrossFormerFeatures(FeatureGetterNet):
+    """timm's ``features_only=True`` wrapper (stage maps from ``forward_intermediates``) that also forwards
+    :meth:`CrossFormer.set_grad_checkpointing` to the model, so feature extractors train with checkpointing too."""
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True, **kwargs: Any) -> None:
+        self.model.set_grad_checkpointing(enable, **kwargs)
+
+
 def _create_crossformer(variant: str, pretrained: bool = False, **kwargs: Any) -> CrossFormer:
     out_indices = kwargs.pop("out_indices", (0, 1, 2, 3))
     return build_model_with_cfg(
@@ -533,7 +562,7 @@ def _create_crossformer(variant: str, pretrained: bool = False, **kwargs: Any) -
         variant,
         pretrained,
         pretrained_filter_fn=checkpoint_filter_fn,
-        feature_cfg=dict(feature_cls="getter", out_indices=out_indices),
+        feature_cfg=dict(feature_cls=CrossFormerFeatures, out_indices=out_indices),
         **kwargs,
     )
 
