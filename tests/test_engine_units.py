@@ -208,3 +208,35 @@ def test_strict_json_writes_null_for_non_finite_metrics():
     assert back["per_class"][0]["accuracy"] is None and back["per_class"][1]["IoU"] is None
     assert back["t"] == [None, 1.5, True, None, "x"]
     assert finite_or_none(math.pi) == math.pi
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("epochs", 0, "sched.epochs must be a whole number >= 1, got 0"),
+        ("epochs", 1.5, "sched.epochs must be a whole number >= 1, got 1.5"),
+        ("accum_steps", 0, "train.accum_steps must be a whole number >= 1"),
+        ("log_every", 0, "train.log_every must be"),
+        ("eval_every", -1, "train.eval_every must be a whole number >= 0"),
+        ("ckpt_every", -2, "train.ckpt_every must be a whole number >= 0"),
+        ("max_steps", 0, r"train.max_steps \(sched.iters for segmentation\) must be"),
+        ("keep_last", True, "train.keep_last must be"),
+        ("amp", "fp8", "train.amp must be 'bf16', 'fp16' or null, got 'fp8'"),
+    ],
+)
+def test_loop_config_refuses_values_the_loop_cannot_run_with(field, value, message):
+    with pytest.raises(ValueError, match=message):
+        LoopConfig(**{field: value})
+    LoopConfig(eval_every=0, ckpt_every=0, max_steps=None, amp="bf16")  # the edges that are allowed
+
+
+def test_unknown_auto_augment_policy_is_named():
+    from crossformer_vision.tasks.classification.config import DEFAULTS
+    from crossformer_vision.tasks.classification.data import build_transform, data_config
+
+    cfg = {**DEFAULTS, "aug": {**DEFAULTS["aug"], "auto_augment": "randaug"}}
+    with pytest.raises(ValueError, match=r"aug.auto_augment='randaug' is not a timm augmentation policy"):
+        build_transform(cfg, data_config(cfg), train=True)
+    for policy in ("rand-m9-mstd0.5-inc1", "augmix-m5-w3", "v0"):
+        cfg["aug"]["auto_augment"] = policy
+        assert build_transform(cfg, data_config(cfg), train=True) is not None

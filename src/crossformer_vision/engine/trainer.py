@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -29,6 +29,10 @@ __all__ = ["LoopConfig", "Trainer", "TrainingDivergedError", "autocast_context"]
 
 class TrainingDivergedError(RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is left as it was."""
+
+
+#: Mixed-precision names and their autocast dtypes.
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass
@@ -62,14 +66,39 @@ class LoopConfig:
     max_steps: int | None = None
     progress: bool = True
 
+    #: The run-config key behind each field, for error messages.
+    CONFIG_KEYS: ClassVar[dict[str, str]] = {
+        "epochs": "sched.epochs",
+        "accum_steps": "train.accum_steps",
+        "log_every": "train.log_every",
+        "eval_every": "train.eval_every",
+        "eval_every_steps": "evaluation.every",
+        "ckpt_every": "train.ckpt_every",
+        "keep_last": "train.keep_last",
+        "max_steps": "train.max_steps (sched.iters for segmentation)",
+    }
+
+    def __post_init__(self) -> None:
+        """Refuse values the loop cannot run with, naming the config key."""
+        lowest = {"max_steps": 1, "epochs": 1, "accum_steps": 1, "log_every": 1, "keep_last": 1}
+        lowest.update(eval_every=0, eval_every_steps=0, ckpt_every=0)
+        for name, low in lowest.items():
+            value = getattr(self, name)
+            if value is None and name == "max_steps":
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                what = "a whole number" + (f" >= {low}" if low else " >= 0")
+                raise ValueError(f"{self.CONFIG_KEYS[name]} must be {what}, got {value!r}")
+        if self.amp is not None and self.amp not in AMP_DTYPES:
+            raise ValueError(f"train.amp must be 'bf16', 'fp16' or null, got {self.amp!r}")
+
 
 def autocast_context(device: torch.device, amp: str | None) -> contextlib.AbstractContextManager:
     if amp is None:
         return contextlib.nullcontext()
-    dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16}
-    if amp not in dtypes:
+    if amp not in AMP_DTYPES:
         raise ValueError(f"amp must be 'bf16', 'fp16' or null, got {amp!r}")
-    return torch.autocast(device_type=device.type, dtype=dtypes[amp])
+    return torch.autocast(device_type=device.type, dtype=AMP_DTYPES[amp])
 
 
 class Trainer:
