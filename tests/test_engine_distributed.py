@@ -5,7 +5,9 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from train_utils import TINY_RUN, run_cli, weights
 
@@ -17,42 +19,61 @@ RUN = [
     "train.deterministic=true",
     "sched.epochs=1",
 ]
+TORCHRUN = os.path.join(os.path.dirname(sys.executable), "torchrun")
+needs_torchrun = pytest.mark.skipif(
+    shutil.which("torchrun") is None and not os.path.exists(TORCHRUN), reason="torchrun not found"
+)
+
+
+def _torchrun(args: list[str]) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONHASHSEED="0", OMP_NUM_THREADS="1")
+    cmd = [TORCHRUN, "--standalone", "--nproc_per_node=2", "-m", "crossformer_vision.cli.main", "train", *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def _assert_same_weights(single, ddp, tol=1e-4):
+    a, b = weights(single), weights(ddp)
+    diffs = {k: (a[k] - b[k]).abs().max().item() for k in a}
+    # identical data, augmentations and lr; only the order of floating-point sums differs
+    assert max(diffs.values()) < tol, sorted(diffs.items(), key=lambda kv: -kv[1])[:5]
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(
-    shutil.which("torchrun") is None and not os.path.exists(os.path.join(os.path.dirname(sys.executable), "torchrun")),
-    reason="torchrun not found",
-)
+@needs_torchrun
 def test_two_processes_equal_one(tmp_path):
     single = tmp_path / "single"
     run_cli(["train", *RUN, "train.batch_size=32", f"train.output_dir={single}"])
     ddp = tmp_path / "ddp"
-    torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
-    env = dict(os.environ, PYTHONHASHSEED="0", OMP_NUM_THREADS="1")
-    proc = subprocess.run(
-        [
-            torchrun,
-            "--standalone",
-            "--nproc_per_node=2",
-            "-m",
-            "crossformer_vision.cli.main",
-            "train",
-            *RUN,
-            "train.batch_size=16",
-            f"train.output_dir={ddp}",
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = _torchrun([*RUN, "train.batch_size=16", f"train.output_dir={ddp}"])
     from crossformer_vision.engine.allocator import tcmalloc_library
 
     if tcmalloc_library():  # every worker restarts with it (same PIDs under torchrun); only rank 0 says so
         assert proc.stderr.count("running with tcmalloc") == 1, proc.stderr[-3000:]
-    a, b = weights(single), weights(ddp)
-    diffs = {k: (a[k] - b[k]).abs().max().item() for k in a}
-    # identical data, augmentations and lr; only the order of floating-point sums differs
-    assert max(diffs.values()) < 1e-4, sorted(diffs.items(), key=lambda kv: -kv[1])[:5]
+    _assert_same_weights(single, ddp)
+
+
+@pytest.mark.slow
+@needs_torchrun
+def test_two_processes_equal_one_when_an_unreadable_image_is_skipped(tmp_path):
+    """The process that skips an image has fewer images than the other: its share of the gradient is weighted by
+    its count, so the step is the mean over all the batch's readable images, as in one process."""
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 23), ("val", 4)):
+        for c, name in enumerate(("dark", "light")):
+            folder = tmp_path / "data" / split / name
+            folder.mkdir(parents=True)
+            for i in range(n if c == 0 else n + (split == "train")):
+                arr = (rng.random((36, 36, 3)) * 80 + 120 * c).astype(np.uint8)
+                Image.fromarray(arr).save(folder / f"{i:02d}.png")
+    (tmp_path / "data" / "train" / "dark" / "99.png").write_bytes(b"not a png")  # 48 training files in all
+    run = [*RUN, "data.dataset=folder", f"data.root={tmp_path / 'data'}", "data.train_limit=null"]
+    run += ["data.val_limit=null", "sched.epochs=2", "sched.warmup_epochs=0"]
+    single = tmp_path / "single"
+    proc = run_cli(["train", *run, "train.batch_size=8", f"train.output_dir={single}"])
+    assert "1 unreadable training image(s) were skipped (2 time(s) in all)" in proc.stderr  # one file, two epochs
+    ddp = tmp_path / "ddp"
+    proc = _torchrun([*run, "train.batch_size=4", f"train.output_dir={ddp}"])
+    assert "unreadable training image" in proc.stderr
+    _assert_same_weights(single, ddp)

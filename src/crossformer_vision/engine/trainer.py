@@ -243,11 +243,24 @@ class Trainer:
         self.logger.truncate_after(self.global_step)
 
     # ------------------------------------------------------------------ loop
-    def _check_finite(self, loss: torch.Tensor) -> float:
-        value = loss.detach().float().clone()
+    def _global_loss(self, loss: torch.Tensor, n: int) -> tuple[float, float]:
+        """The loss over every process's images, and the factor that weights this process's share of the gradient.
+
+        Each process's ``loss`` is a mean over its own ``n`` images and DDP averages the gradients over processes,
+        which weights every process alike. When the counts differ (an unreadable image was skipped on one of them),
+        ``loss * n * world_size / N`` (N: the images of all processes) gives the gradient of the mean over all N
+        images, as one process with the whole global batch computes it. The counts travel with the all-reduce of
+        the loss that the divergence check makes anyway.
+        """
+        value = loss.detach().float()
+        scale = 1.0
         if self.dist.distributed:
-            all_reduce_sum(value)
-            value /= self.dist.world_size
+            sums = torch.stack([value * n, value.new_tensor(float(n))])
+            all_reduce_sum(sums)
+            total = sums[1].item()
+            value = sums[0] / total if total > 0 else sums[0]
+            if total > 0 and n * self.dist.world_size != total:
+                scale = n * self.dist.world_size / total
         value = value.item()
         if not math.isfinite(value):
             last = self.ckpt.latest()
@@ -256,7 +269,7 @@ class Trainer:
                 f"the loss became {value} at epoch {self.epoch}, step {self.global_step}: training stopped and {kept}. "
                 "Lower the learning rate, enable gradient clipping (optim.clip_grad) or use bf16 instead of fp16."
             )
-        return value
+        return value, scale
 
     def _optimizer_step(self) -> None:
         if self.loop.clip_grad:
@@ -333,7 +346,9 @@ class Trainer:
                     with sync:
                         with autocast_context(self.dist.device, loop.amp):
                             loss, n = self.step_fn(self.ddp, batch)
-                        value = self._check_finite(loss)
+                        value, share = self._global_loss(loss, n)
+                        if share != 1.0:
+                            loss = loss * share
                         self.scaler.scale(loss / loop.accum_steps).backward()
                     window_loss += value
                     window_n += 1

@@ -200,7 +200,12 @@ def train(cfg: dict[str, Any], resume: str | Path | None = None, force_resume: b
     metrics = trainer.fit(resume)
     elapsed = time.perf_counter() - start
     if skipped:
-        warnings.warn(f"{len(skipped)} unreadable training image(s) were skipped, e.g. {skipped[0][0]}", stacklevel=2)
+        files = sorted({path for path, _ in skipped})
+        warnings.warn(
+            f"{len(files)} unreadable training image(s) were skipped ({len(skipped)} time(s) in all"
+            f"{' on this process' if dist.distributed else ''}), e.g. {files[0]}: {skipped[0][1]}",
+            stacklevel=2,
+        )
     result = {"metrics": metrics, "train_seconds": elapsed, "steps": trainer.global_step, "classes": classes}
     if dist.is_main:
         _report(run_dir, cfg, model, classes, dcfg, metrics, last_confusion.get("latest"), elapsed)
