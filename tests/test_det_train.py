@@ -125,6 +125,17 @@ def test_eval_and_predict_on_the_run(runs, tmp_path, capsys):
     assert all((pred / f"{p.stem}.png").is_file() for p in images)
 
 
+def test_eval_warns_when_the_files_class_names_differ(runs, tmp_path, capsys):
+    ann = json.loads((det_demo_dir() / "instances_val.json").read_text())
+    ann["categories"][1]["name"] = "Jeans"  # same count, one renamed: matched by position, so say so
+    renamed = tmp_path / "renamed.json"
+    renamed.write_text(json.dumps(ann))
+    data = ["data.dataset=coco", f"data.val_json={renamed}", f"data.val_images={det_demo_dir() / 'val'}"]
+    with pytest.warns(UserWarning, match=r"1 of 10 class names of .*renamed\.json differ.*'Jeans' in the file, "):
+        assert main(["det", "eval", "--checkpoint", str(runs["full"]), "--json", *data]) == 0
+    assert json.loads(capsys.readouterr().out)["num_images"] == 6
+
+
 def test_resume_refuses_a_different_recipe(runs):
     cfg = load_config(DEFAULTS, None, [*TINY_DET, f"train.output_dir={runs['full']}", "optim.lr=5e-3"])
     with pytest.raises(ValueError, match=r"optim\.lr: 0\.001 \(checkpoint\) -> 0\.005 \(now\)"):

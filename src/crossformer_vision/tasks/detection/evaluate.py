@@ -419,6 +419,7 @@ def evaluate_checkpoint(
             f"the model predicts {len(info['class_names'])} classes but {dataset.ann_file} has "
             f"{len(dataset.class_names)}; evaluate it on the data it was trained for"
         )
+    _warn_renamed_classes(info["class_names"], dataset.class_names, dataset.ann_file)
     metrics, evaluator, merged = evaluate_detector(
         model,
         dataset,
@@ -443,6 +444,23 @@ def evaluate_checkpoint(
     out["summaries"] = dict(evaluator.summaries)
     out["is_main"] = dist.is_main
     return out
+
+
+def _warn_renamed_classes(model_names: Sequence[str], data_names: Sequence[str], ann_file: Any) -> None:
+    """Classes are matched by position (the k-th category of the file is the model's k-th class): say so when the
+    names disagree, which usually means another label set in the same number of classes. Placeholder names
+    (``"1"``, ``"2"``, ... of a checkpoint without class names) are not compared."""
+    if all(str(n) == str(i + 1) for i, n in enumerate(model_names)):
+        return
+    differ = [(i, a, b) for i, (a, b) in enumerate(zip(model_names, data_names, strict=True)) if a != b]
+    if differ:
+        i, a, b = differ[0]
+        warnings.warn(
+            f"{len(differ)} of {len(model_names)} class names of {ann_file} differ from the model's (class {i + 1}: "
+            f"{b!r} in the file, {a!r} in the model); classes are matched by position, so AP is computed as if they "
+            "were the same classes",
+            stacklevel=3,
+        )
 
 
 def predict_files(
