@@ -52,13 +52,18 @@ def test_slide_equals_whole_when_the_crop_covers_the_image(model):
     assert torch.equal(slide_inference(model, x, crop_size=(64, 96), stride=(43, 64)), whole_inference(model, x))
 
 
-def test_slide_pads_an_image_smaller_than_the_crop(model):
+def test_slide_decodes_a_side_shorter_than_the_crop_whole_without_padding(model):
     model.eval()
     x = torch.randn(1, 3, 40, 50)
-    slide = slide_inference(model, x, crop_size=64, stride=43)
-    padded = torch.nn.functional.pad(x, (0, 14, 0, 24))
-    assert slide.shape == (1, 4, 40, 50)
-    assert torch.equal(slide, whole_inference(model, padded)[..., :40, :50])
+    assert torch.equal(slide_inference(model, x, crop_size=64, stride=43), whole_inference(model, x))
+    seen = []
+    pixel = PixelModel()
+    pixel.conv.register_forward_pre_hook(lambda _, args: seen.append(tuple(args[0].shape[-2:])))
+    wide = torch.randn(1, 3, 40, 100)  # shorter than the crop in height only: windows (40, 64) at x = 0 and 36
+    with torch.no_grad():
+        out = slide_inference(pixel, wide, crop_size=64, stride=43)
+        torch.testing.assert_close(out, whole_inference(pixel, wide), atol=1e-6, rtol=1e-6)
+    assert seen[:-1] == [(40, 64), (40, 64)]  # mmseg 0.x: the short side is taken whole, never padded
 
 
 def test_slide_windows_cover_and_average_like_mmseg():

@@ -95,8 +95,8 @@ def slide_inference(
 
     Windows of ``crop_size`` start every ``stride`` pixels; the last row / column is shifted back to end at the
     image border (``y1 = max(y2 - crop, 0)``). Each window's logits (at the window size) are summed into the image
-    and divided by how many windows covered each pixel. An image smaller than the crop is zero-padded at the
-    bottom / right to the crop size first, and the logits are cropped back.
+    and divided by how many windows covered each pixel. Along a side shorter than the crop the window is the whole
+    side, not padded (as mmseg 0.x does: an image smaller than the crop is decoded whole).
 
     Args:
         model: Segmentor in eval mode.
@@ -110,26 +110,23 @@ def slide_inference(
     """
     crop_h, crop_w = _pair(crop_size, "crop_size")
     stride_h, stride_w = _pair(stride, "stride")
-    h, w = images.shape[-2:]
-    padded = F.pad(images, (0, max(crop_w - w, 0), 0, max(crop_h - h, 0)))
-    h_img, w_img = padded.shape[-2:]
+    h_img, w_img = images.shape[-2:]
     h_grids = max(h_img - crop_h + stride_h - 1, 0) // stride_h + 1
     w_grids = max(w_img - crop_w + stride_w - 1, 0) // stride_w + 1
     preds = None
-    count = padded.new_zeros((1, 1, h_img, w_img))
+    count = images.new_zeros((1, 1, h_img, w_img))
     for h_idx in range(h_grids):
         for w_idx in range(w_grids):
             y2 = min(h_idx * stride_h + crop_h, h_img)
             x2 = min(w_idx * stride_w + crop_w, w_img)
             y1, x1 = max(y2 - crop_h, 0), max(x2 - crop_w, 0)
-            crop_logits = _logits(model, padded[:, :, y1:y2, x1:x2])
+            crop_logits = _logits(model, images[:, :, y1:y2, x1:x2])
             if preds is None:
-                preds = padded.new_zeros((padded.shape[0], crop_logits.shape[1], h_img, w_img))
+                preds = images.new_zeros((images.shape[0], crop_logits.shape[1], h_img, w_img))
             preds[:, :, y1:y2, x1:x2] += crop_logits
             count[:, :, y1:y2, x1:x2] += 1
     assert preds is not None and bool((count > 0).all())
-    logits = (preds / count)[:, :, :h, :w]
-    return _resize(logits, out_size or (h, w))
+    return _resize(preds / count, out_size or (h_img, w_img))
 
 
 @torch.no_grad()
