@@ -47,6 +47,7 @@ def test_two_processes_equal_one(tmp_path):
     run_cli(["train", *RUN, "train.batch_size=32", f"train.output_dir={single}"])
     ddp = tmp_path / "ddp"
     proc = _torchrun([*RUN, "train.batch_size=16", f"train.output_dir={ddp}"])
+    assert proc.stdout.count("top-1 ") == 1, proc.stdout  # only rank 0 reports
     from crossformer_vision.engine.allocator import tcmalloc_library
 
     if tcmalloc_library():  # every worker restarts with it (same PIDs under torchrun); only rank 0 says so

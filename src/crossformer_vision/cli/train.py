@@ -26,7 +26,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_config(DEFAULTS, resolve_config(args.config), args.overrides)
     result = train(cfg, resume=args.resume, force_resume=args.force_resume)
     m = result["metrics"]
-    if m:
+    if m and result["is_main"]:  # under torchrun only rank 0 reports
         print(
             f"top-1 {m['top1']:.2f}%  top-5 {m['top5']:.2f}%  loss {m['loss']:.4f}  ({result['train_seconds']:.0f} s)"
         )

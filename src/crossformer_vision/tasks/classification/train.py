@@ -206,7 +206,13 @@ def train(cfg: dict[str, Any], resume: str | Path | None = None, force_resume: b
             f"{' on this process' if dist.distributed else ''}), e.g. {files[0]}: {skipped[0][1]}",
             stacklevel=2,
         )
-    result = {"metrics": metrics, "train_seconds": elapsed, "steps": trainer.global_step, "classes": classes}
+    result = {
+        "metrics": metrics,
+        "train_seconds": elapsed,
+        "steps": trainer.global_step,
+        "classes": classes,
+        "is_main": dist.is_main,
+    }
     if dist.is_main:
         _report(run_dir, cfg, model, classes, dcfg, metrics, last_confusion.get("latest"), elapsed)
     return result
