@@ -138,7 +138,7 @@ def test_bad_targets_raise_clear_errors():
 
 def test_names_and_arguments():
     names = list_detectors()
-    assert len(names) == len(DETECTOR_TYPES) * len(BACKBONE_NAMES) == 30
+    assert len(names) == len(DETECTOR_TYPES) * len(BACKBONE_NAMES) == 39
     assert "maskrcnn_crossformerpp_h" in names and "retinanet_swin_t" in names and "fasterrcnn_resnet50" in names
     with pytest.raises(ValueError, match=r"unknown detector 'maskrcnn_crossformer_x'.*maskrcnn_crossformer_s"):
         build_detector("maskrcnn_crossformer_x", num_classes=80)
@@ -196,12 +196,29 @@ def test_official_settings_at_full_size():
         assert [s.blocks[0].interval for s in body.layers] == [8, 4, 2, 1]
 
 
-@pytest.mark.parametrize("backbone", ["crossformer_t", "swin_t", "resnet50"])  # S / ++S: test_official_settings
-def test_full_size_backbones_build(backbone):
+@pytest.mark.parametrize(  # S / ++S: test_official_settings
+    ("backbone", "channels"),
+    [
+        ("crossformer_t", [64, 128, 256, 512]),
+        ("swin_t", [96, 192, 384, 768]),
+        ("swin_s", [96, 192, 384, 768]),
+        ("swin_b", [128, 256, 512, 1024]),
+        ("resnet50", [256, 512, 1024, 2048]),
+        ("resnet101", [256, 512, 1024, 2048]),
+    ],
+)
+def test_full_size_backbones_build(backbone, channels):
     with torch.device("meta"):
         bb = build_detection_backbone(backbone, "rcnn")
-    assert len(bb.body.out_channels) == 4 and bb.out_channels == 256
+    assert list(bb.body.out_channels) == channels and bb.out_channels == 256
     assert [bb.fpn.inner_blocks[i][0].in_channels for i in range(4)] == list(bb.body.out_channels)
+    # mmdet's ResNet configs freeze the stem + stage 1 and the BatchNorm statistics; the transformers freeze nothing
+    resnet = backbone.startswith("resnet")
+    assert (bb.frozen_stages, bb.norm_eval) == ((1, True) if resnet else (-1, False))
+    if backbone == "resnet101":
+        assert len(bb.body.model.layer3) == 23
+    if backbone.startswith("swin"):
+        assert bb.body.model.layers_2.blocks[0].attn.num_heads == {"swin_b": 16}.get(backbone, 12)
 
 
 @pytest.mark.parametrize("backbone, pyramid", [("crossformer_s", "retinanet"), ("swin_t", "rcnn")])

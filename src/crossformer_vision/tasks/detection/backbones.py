@@ -55,8 +55,14 @@ PYRAMIDS: tuple[str, ...] = ("retinanet", "rcnn")
 DETECTION_GROUP_SIZE = (7, 7, 7, 7)
 DETECTION_INTERVAL = (8, 4, 2, 1)
 
-#: Comparison backbones: our short name -> timm model name.
-TIMM_BACKBONES: dict[str, str] = {"swin_t": "swin_tiny_patch4_window7_224", "resnet50": "resnet50"}
+#: Comparison backbones (the hierarchical ones of the paper's detection tables): our short name -> timm model name.
+TIMM_BACKBONES: dict[str, str] = {
+    "swin_t": "swin_tiny_patch4_window7_224",
+    "swin_s": "swin_small_patch4_window7_224",
+    "swin_b": "swin_base_patch4_window7_224",
+    "resnet50": "resnet50",
+    "resnet101": "resnet101",
+}
 
 #: Every backbone name the detection builders accept.
 BACKBONE_NAMES: tuple[str, ...] = (*list_variants(), *TIMM_BACKBONES)
@@ -177,7 +183,8 @@ def build_trunk(
     """The trunk of a detection backbone: 4 NCHW maps at strides 4, 8, 16, 32.
 
     Args:
-        name: a CrossFormer variant (``crossformer_s``, ``crossformerpp_b``, ...), ``swin_t`` or ``resnet50``.
+        name: a CrossFormer variant (``crossformer_s``, ``crossformerpp_b``, ...), or a comparison backbone
+            (``swin_t`` / ``swin_s`` / ``swin_b``, ``resnet50`` / ``resnet101``; see :data:`TIMM_BACKBONES`).
         lda_rule: CrossFormer only; default :func:`default_lda_rule` (the rule of the official detection weights).
         weights: CrossFormer: a checkpoint path or object of any official layout (ImageNet classification, backbone
             only, or a full mmdet / mmseg checkpoint: its ``backbone.*`` entries), loaded with every key checked.
@@ -304,12 +311,13 @@ def build_detection_backbone(
 ) -> DetectionBackbone:
     """:func:`build_trunk` + :class:`DetectionBackbone`, with the official defaults per backbone.
 
-    Defaults: ``resnet50`` ``frozen_stages=1, norm_eval=True`` (mmdet's R-50 configs); CrossFormer and Swin
+    Defaults: ResNets ``frozen_stages=1, norm_eval=True`` (mmdet's R-50 / R-101 configs); CrossFormer and Swin
     ``frozen_stages=-1`` (nothing frozen) and ``norm_eval=False`` (they have no BatchNorm).
     """
+    is_resnet = name.startswith("resnet")
     if frozen_stages is None:
-        frozen_stages = 1 if name == "resnet50" else -1
+        frozen_stages = 1 if is_resnet else -1
     if norm_eval is None:
-        norm_eval = name == "resnet50"
+        norm_eval = is_resnet
     body = build_trunk(name, lda_rule=lda_rule, weights=weights, **kwargs)
     return DetectionBackbone(body, pyramid, fpn_channels=fpn_channels, frozen_stages=frozen_stages, norm_eval=norm_eval)

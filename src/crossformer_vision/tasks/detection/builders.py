@@ -54,7 +54,7 @@ _RCNN_SETTINGS = dict(
 
 
 def list_detectors() -> list[str]:
-    """Every name :func:`build_detector` accepts (3 detectors x 10 backbones)."""
+    """Every name :func:`build_detector` accepts (3 detectors x 13 backbones)."""
     return [f"{det}_{backbone}" for det in DETECTOR_TYPES for backbone in BACKBONE_NAMES]
 
 

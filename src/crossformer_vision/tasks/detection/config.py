@@ -31,8 +31,9 @@ __all__ = [
 ]
 
 #: Stochastic depth of the trunks in the official detection configs (CrossFormer: the ImageNet values, e.g. 0.2 for
-#: S and 0.3 for B in ``detection/crossformer_factory.py``; Swin-T: 0.2 in Swin's own detection configs).
-DETECTION_DROP_PATH: dict[str, float] = {**DROP_PATH, "swin_t": 0.2}
+#: S and 0.3 for B in ``detection/crossformer_factory.py``; Swin-T / S: 0.2 in Swin's own Mask R-CNN configs, Swin-B:
+#: 0.3 as in its Cascade Mask R-CNN config). ResNets have none.
+DETECTION_DROP_PATH: dict[str, float] = {**DROP_PATH, "swin_t": 0.2, "swin_s": 0.2, "swin_b": 0.3}
 
 DEFAULTS: dict[str, Any] = {
     "model": {
@@ -41,8 +42,8 @@ DEFAULTS: dict[str, Any] = {
         "init": None,  # whole-detector weights to start from: an official mmdet .pth or a `det train` run
         "lda_rule": None,  # CrossFormer LDA rule (null: the official weights' rule, v1 fixed_interval, ++ fixed_group)
         "drop_path_rate": None,  # null: the official value of the backbone (DETECTION_DROP_PATH)
-        "frozen_stages": None,  # null: 1 for resnet50, -1 (nothing frozen) otherwise
-        "norm_eval": None,  # null: true for resnet50 (BatchNorm statistics frozen)
+        "frozen_stages": None,  # null: 1 for resnet50 / resnet101, -1 (nothing frozen) otherwise
+        "norm_eval": None,  # null: true for resnet50 / resnet101 (BatchNorm statistics frozen)
         "mm_compat": True,  # mmdet's anchors and RoIAlign (needed to run official weights faithfully)
         "fpn_channels": 256,
         "min_size": [800],  # shorter image side; several values = multi-scale training (the last one at test time)

@@ -153,7 +153,7 @@ def train(cfg: dict[str, Any], resume: str | Path | None = None, force_resume: b
         warnings.warn(
             f"{m['name']}: no model.backbone_weights, so the backbone starts from random weights; the paper's "
             "recipe starts from ImageNet weights (model.backbone_weights=crossformer-s.pth, or 'timm' for "
-            "swin_t / resnet50)",
+            "the Swin / ResNet backbones)",
             stacklevel=2,
         )
     model.to(dist.device)
