@@ -81,3 +81,18 @@ def test_predict_topk_below_one_is_rejected(capsys, tmp_path):
         assert exc.value.code == 2
         err = capsys.readouterr().err
         assert "--topk" in err and ">= 1" in err and "Traceback" not in err
+
+
+def test_a_model_argument_from_a_preset_for_another_model_is_named(capsys, tmp_path):
+    """Switching model.name on a preset keeps the preset's model arguments: say which key set the one that fails."""
+    runs = tmp_path / "runs"
+    cases = [
+        (["train", "--config", "fashion_mnist_demo", "model.name=deit_tiny_patch16_224"], "model.kwargs.depths"),
+        (["seg", "train", "--config", "seg_demo", "model.name=semfpn_swin_s"], "model.kwargs.aux_channels"),
+        (["det", "train", "--config", "det_demo_maskrcnn", "model.name=maskrcnn_swin_t"], "model.kwargs.group_size"),
+    ]
+    for i, (args, key) in enumerate(cases):
+        assert cli([*args, f"train.output_dir={runs / str(i)}"]) == 2
+        err = capsys.readouterr().err
+        assert f"takes no argument '{key.rsplit('.', 1)[1]}', set by {key}" in err and "model.kwargs={}" in err, err
+        assert "Traceback" not in err

@@ -1,7 +1,7 @@
 """Shared training machinery: config, distributed set-up, sampling, checkpoints, metrics logging, the loop."""
 
 from .checkpoint import CheckpointManager, CheckpointWriteError, load_training_checkpoint
-from .config import apply_overrides, config_diff, load_config, merge_config, save_config
+from .config import apply_overrides, config_diff, load_config, merge_config, model_arguments_from, save_config
 from .distributed import DistInfo, all_gather_objects, all_reduce_sum, barrier, cleanup, init_distributed, is_main
 from .metrics_logger import MetricsLogger, read_metrics
 from .rng import get_rng_state, seed_everything, seed_step, set_deterministic, set_rng_state
@@ -32,6 +32,7 @@ __all__ = [
     "load_config",
     "load_training_checkpoint",
     "merge_config",
+    "model_arguments_from",
     "read_metrics",
     "save_config",
     "seed_everything",

@@ -6,15 +6,40 @@ typo never silently falls back to a default.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import difflib
-from collections.abc import Iterable, Mapping
+import re
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-__all__ = ["apply_overrides", "config_diff", "load_config", "merge_config", "save_config"]
+__all__ = ["apply_overrides", "config_diff", "load_config", "merge_config", "model_arguments_from", "save_config"]
+
+
+@contextlib.contextmanager
+def model_arguments_from(model_name: str, sources: Mapping[str, Mapping[str, Any] | None]) -> Iterator[None]:
+    """Turn a constructor's ``unexpected keyword argument 'x'`` into an error naming the config key that set ``x``.
+
+    ``sources`` maps config sections to the arguments they passed, e.g. ``{"model.kwargs": {...}}``. The usual
+    cause is a preset written for another model (``--config seg_demo model.name=semfpn_swin_s`` keeps the preset's
+    UPerNet head arguments).
+    """
+    try:
+        yield
+    except TypeError as err:
+        match = re.search(r"unexpected keyword argument '(\w+)'", str(err))
+        arg = match.group(1) if match else None
+        keys = [f"{section}.{arg}" for section, args in sources.items() if arg in (args or {})]
+        if not keys:
+            raise
+        section = keys[0].rsplit(".", 1)[0]
+        raise ValueError(
+            f"{model_name} takes no argument {arg!r}, set by {' and '.join(keys)} (a preset or config made "
+            f"for another model?); remove it, or clear the whole section with {section}={{}}"
+        ) from None
 
 
 def _flatten(cfg: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -10,6 +10,7 @@ import timm
 import torch
 from torch import nn
 
+from ...engine.config import model_arguments_from
 from ...models import load_official_state_dict
 from ...models.io import read_checkpoint
 from .config import DROP_PATH
@@ -25,7 +26,8 @@ def build_classifier(cfg: dict[str, Any], num_classes: int) -> nn.Module:
     if drop_path is not None:
         kwargs["drop_path_rate"] = drop_path
     try:
-        model = timm.create_model(m["name"], num_classes=num_classes, **kwargs)
+        with model_arguments_from(m["name"], {"model.kwargs": m["kwargs"]}):
+            model = timm.create_model(m["name"], num_classes=num_classes, **kwargs)
     except RuntimeError as err:
         if "Unknown model" in str(err):
             raise ValueError(f"unknown model {m['name']!r}: use a CrossFormer variant or any timm model name") from None

@@ -17,6 +17,7 @@ from typing import Any
 
 from torch import nn
 
+from ...engine.config import model_arguments_from
 from ..classification.config import DROP_PATH
 from .recipes import DetectionRecipe
 
@@ -230,17 +231,19 @@ def build_model(model_cfg: Mapping[str, Any], num_classes: int, *, backbone_weig
         detector_kwargs["mask_predictor"] = MaskRCNNPredictor(width, width, num_classes + 1)
     detector_kwargs.update(model_cfg["detector"]["kwargs"] or {})
     sizes = _sizes(model_cfg["min_size"])
-    return build_detector(
-        model_cfg["name"],
-        num_classes=num_classes,
-        min_size=sizes[0] if len(sizes) == 1 else tuple(sizes),
-        max_size=model_cfg["max_size"],
-        mm_compat=model_cfg["mm_compat"],
-        fpn_channels=channels,
-        backbone_weights=_resolve_weights(model_cfg["backbone_weights"]) if backbone_weights else None,
-        frozen_stages=model_cfg["frozen_stages"],
-        norm_eval=model_cfg["norm_eval"],
-        lda_rule=model_cfg["lda_rule"],
-        backbone_kwargs=trunk_kwargs,
-        **detector_kwargs,
-    )
+    sources = {"model.kwargs": model_cfg["kwargs"], "model.detector.kwargs": model_cfg["detector"]["kwargs"]}
+    with model_arguments_from(model_cfg["name"], sources):
+        return build_detector(
+            model_cfg["name"],
+            num_classes=num_classes,
+            min_size=sizes[0] if len(sizes) == 1 else tuple(sizes),
+            max_size=model_cfg["max_size"],
+            mm_compat=model_cfg["mm_compat"],
+            fpn_channels=channels,
+            backbone_weights=_resolve_weights(model_cfg["backbone_weights"]) if backbone_weights else None,
+            frozen_stages=model_cfg["frozen_stages"],
+            norm_eval=model_cfg["norm_eval"],
+            lda_rule=model_cfg["lda_rule"],
+            backbone_kwargs=trunk_kwargs,
+            **detector_kwargs,
+        )

@@ -21,6 +21,7 @@ from ...data.segmentation import (
     seg_demo,
     train_transforms,
 )
+from ...engine.config import model_arguments_from
 from .backbones import is_crossformer
 from .model import Segmentor, build_segmentor
 
@@ -276,18 +277,19 @@ def build_model(
     head_kwargs = dict(m["kwargs"])
     if not m["aux_weight"] and m["name"].startswith("upernet_"):
         head_kwargs.setdefault("aux", False)  # a head without a loss would leave DDP waiting for its gradients
-    model = build_segmentor(
-        m["name"],
-        num_classes=num_classes,
-        norm="bn",
-        pretrained=bool(b["pretrained"]) and load_backbone_weights,
-        backbone_weights=b["weights"] if load_backbone_weights else None,
-        backbone_kwargs=backbone_kwargs,
-        aux_weight=m["aux_weight"],
-        class_names=class_names,
-        palette=palette,
-        **head_kwargs,
-    )
+    with model_arguments_from(m["name"], {"model.kwargs": m["kwargs"], "model.backbone.kwargs": b["kwargs"]}):
+        model = build_segmentor(
+            m["name"],
+            num_classes=num_classes,
+            norm="bn",
+            pretrained=bool(b["pretrained"]) and load_backbone_weights,
+            backbone_weights=b["weights"] if load_backbone_weights else None,
+            backbone_kwargs=backbone_kwargs,
+            aux_weight=m["aux_weight"],
+            class_names=class_names,
+            palette=palette,
+            **head_kwargs,
+        )
     if m["grad_checkpointing"]:
         model.set_grad_checkpointing(True)
     return model
