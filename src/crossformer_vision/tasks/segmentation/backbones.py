@@ -10,7 +10,6 @@ NCHW and can add mmseg-style per-output LayerNorms.
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -193,6 +192,10 @@ class TimmBackbone(nn.Module):
         return outs
 
 
+#: Strides of the four levels UPerNet / Semantic FPN take (C2..C5).
+PYRAMID_STRIDES = (4, 8, 16, 32)
+
+
 def _is_patch_model(model: nn.Module) -> bool:
     return any(name.endswith("patch_embed") for name, _ in model.named_modules())
 
@@ -248,12 +251,23 @@ def build_backbone(
     if timm_name.startswith("resnet") and "out_indices" not in kwargs:
         kwargs["out_indices"] = (1, 2, 3, 4)  # strides 4..32; index 0 is the stride-2 stem
     backbone = TimmBackbone(timm_name, pretrained=pretrained, **kwargs)
+    strides = backbone.out_strides
+    if not backbone.is_plain and strides != list(PYRAMID_STRIDES):
+        if "out_indices" not in kwargs and set(PYRAMID_STRIDES) <= set(strides):
+            # e.g. EfficientNet / ConvNeXt-style models with a stride-2 level first: take the four pyramid levels,
+            # as mmseg configs do with out_indices
+            kwargs["out_indices"] = tuple(strides.index(s) for s in PYRAMID_STRIDES)
+            backbone = TimmBackbone(timm_name, pretrained=pretrained, **kwargs)
+        else:
+            hint = (
+                f"pick them with model.backbone.kwargs.out_indices={[strides.index(s) for s in PYRAMID_STRIDES]}"
+                if set(PYRAMID_STRIDES) <= set(strides)
+                else "this model cannot serve as a UPerNet / Semantic FPN backbone"
+            )
+            raise ValueError(
+                f"{name}: UPerNet / Semantic FPN need four feature maps at strides {list(PYRAMID_STRIDES)} (or a plain "
+                f"ViT's single stride); {timm_name} gives strides {strides}: {hint}"
+            )
     if norm is not None and str(norm).lower() == "syncbn":
         backbone = nn.SyncBatchNorm.convert_sync_batchnorm(backbone)
-    if len(backbone.out_channels) != 4:
-        warnings.warn(
-            f"{name}: backbone gives {len(backbone.out_channels)} feature levels (strides {backbone.out_strides}); "
-            "UPerNet / Semantic FPN are configured for 4",
-            stacklevel=2,
-        )
     return backbone
