@@ -34,7 +34,7 @@ package's analytic count for CrossFormers (equal to torch's flop counter), torch
 
 Usage:
     python benchmarks/speed.py                 # the full table (about 30 minutes on 2 cores)
-    python benchmarks/speed.py --quick         # a smaller, faster subset
+    python benchmarks/speed.py --quick         # a smaller subset, one round (writes results/speed_cpu_quick.json)
     python benchmarks/speed.py --training-only # the training rows alone (about 10 minutes with 2 rounds)
 """
 
@@ -362,17 +362,26 @@ def targets(result: dict, official: dict, peak32: float) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
-    parser.add_argument("--quick", action="store_true", help="fewer models and runs")
+    parser.add_argument(
+        "--quick", action="store_true", help="fewer models and runs, one round (writes speed_cpu_quick.json)"
+    )
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--rounds", type=int, default=2, help="measure every row this many times, keep the fastest")
+    parser.add_argument(
+        "--rounds", type=int, default=None, help="measure every row this many times, keep the fastest (2; --quick 1)"
+    )
     parser.add_argument("--training-only", action="store_true", help="only the training rows (and the matmul peak)")
     parser.add_argument("--out", default=str(HERE / "results" / "speed_cpu.json"))
     args = parser.parse_args()
     if args.worker:
         print(json.dumps(worker(json.loads(args.worker))))
         return
-    if args.training_only and args.out == parser.get_default("out"):
-        args.out = str(Path(args.out).with_name("speed_cpu_training.json"))  # the full run's file stays
+    if args.rounds is None:
+        args.rounds = 1 if args.quick else 2
+    if args.out == parser.get_default("out"):  # the full run's committed file stays
+        if args.quick:
+            args.out = str(Path(args.out).with_name("speed_cpu_quick.json"))
+        elif args.training_only:
+            args.out = str(Path(args.out).with_name("speed_cpu_training.json"))
 
     from rich.console import Console
     from rich.table import Table

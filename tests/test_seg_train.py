@@ -249,6 +249,9 @@ def test_train_resume_eval_predict(tmp_path, capsys):
     assert main(["seg", "eval", "--checkpoint", str(full), "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["kind"] == "run" and out["metrics"] == pytest.approx(results["metrics"])
+    other = "fixed_group" if out["lda_rule"] == "fixed_interval" else "fixed_interval"
+    assert main(["seg", "eval", "--checkpoint", str(full), "--lda-rule", other]) == 2  # was silently ignored
+    assert f"--lda-rule {other} applies to official mmseg checkpoints" in capsys.readouterr().err
     assert main(["seg", "eval", "--checkpoint", str(full / "checkpoints" / "step-00000003"), "--flip"]) == 0
     text = capsys.readouterr().out
     assert "mIoU" in text and "gravel" in text and "+ flip" in text

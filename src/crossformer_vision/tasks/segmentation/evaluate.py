@@ -327,17 +327,17 @@ def load_segmentor(
         run_dir = Path(ckpt["path"]).parent.parent
         cfg = _run_config(ckpt["config"])
         model = _model_from_run(cfg, ckpt["model"], _read_classes(run_dir))
-        return model, _info(model, RUN_KIND, cfg, source=str(ckpt["path"]))
+        return _run_info(model, cfg, str(ckpt["path"]), lda_rule)
     meta = _metadata(path) if path.suffix == ".safetensors" else {}
     if meta.get("task") == "segmentation" and meta.get("kind") == RUN_KIND:
         cfg = _run_config(json.loads(meta["config"]))
         palette = _meta_json(meta, "palette")
         model = _model_from_run(cfg, load_file(str(path)), _meta_classes(meta), palette)
-        return model, _info(model, RUN_KIND, cfg, source=str(path))
+        return _run_info(model, cfg, str(path), lda_rule)
     if path.suffix == ".safetensors" and (path.parent / "config.yaml").is_file() and meta.get("task") != "segmentation":
         cfg = _run_config(yaml.safe_load((path.parent / "config.yaml").read_text()))
         model = _model_from_run(cfg, load_file(str(path)), _read_classes(path.parent))
-        return model, _info(model, RUN_KIND, cfg, source=str(path))
+        return _run_info(model, cfg, str(path), lda_rule)
     rule = lda_rule or meta.get("lda_rule") or None
     model = load_mmseg_checkpoint(path, lda_rule=rule, trusted=trusted)
     names = _meta_classes(meta)  # None (absent, or ``null`` in older files): unknown, numbered where shown
@@ -347,6 +347,20 @@ def load_segmentor(
     if palette and len(palette) == model.num_classes:
         model.palette = [tuple(c) for c in palette]
     return model, _info(model, MMSEG_KIND, None, source=str(path))
+
+
+def _run_info(
+    model: Segmentor, cfg: dict[str, Any], source: str, lda_rule: str | None
+) -> tuple[Segmentor, dict[str, Any]]:
+    """A trained run's model keeps the LDA rule it was trained with: another ``lda_rule`` is refused, not ignored."""
+    own = getattr(model, "lda_rule", None)
+    if lda_rule is not None and lda_rule != own:
+        raise ValueError(
+            f"--lda-rule {lda_rule} applies to official mmseg checkpoints; {source} is a trained run whose model uses "
+            + (f"the rule it was trained with ({own})" if own else "a backbone without LDA")
+            + ": leave --lda-rule out"
+        )
+    return model, _info(model, RUN_KIND, cfg, source=source)
 
 
 def _info(model: Segmentor, kind: str, cfg: dict[str, Any] | None, source: str) -> dict[str, Any]:
