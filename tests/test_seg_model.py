@@ -201,3 +201,33 @@ def test_timm_backbones_take_odd_sizes_without_segmentor_padding(index):
         logits = model(torch.randn(1, 3, 37, 45))
     assert all(f.dim() == 4 and f.shape[1] == c for f, c in zip(feats, model.backbone.out_channels))
     assert logits.shape == (1, 3, 37, 45)
+
+
+def test_timm_pretrained_weights_from_a_local_file_or_a_clear_error(tmp_path, monkeypatch):
+    import timm
+    from safetensors.torch import save_file
+
+    from crossformer_vision.models import registry
+
+    source = timm.create_model("resnet18", features_only=False)
+    weights = tmp_path / "resnet18.safetensors"
+    save_file(source.state_dict(), str(weights))
+    # the route the offline error names: pretrained + a local file through timm's pretrained_cfg_overlay
+    model = build_segmentor(
+        "semfpn_resnet18", num_classes=3, pretrained=True, channels=8, neck_channels=16,
+        backbone_kwargs=dict(pretrained_cfg_overlay=dict(file=str(weights))),
+    )  # fmt: skip
+    torch.testing.assert_close(model.backbone.body.layer1[0].conv1.weight, source.layer1[0].conv1.weight)
+
+    def no_hub(name, pretrained=False, **kwargs):
+        if pretrained and "file" not in (kwargs.get("pretrained_cfg_overlay") or {}):
+            raise OSError("cannot find the requested files in the local cache")
+        return timm.create_model(name, pretrained=pretrained, **kwargs)
+
+    monkeypatch.setattr(registry.timm, "create_model", no_hub)
+    with pytest.raises(FileNotFoundError, match=r"pretrained weights for resnet18 are not in the local Hugging Face"):
+        build_segmentor("semfpn_resnet18", num_classes=3, pretrained=True, channels=8, neck_channels=16)
+    from crossformer_vision.tasks.detection import build_detector
+
+    with pytest.raises(FileNotFoundError, match=r"resnet50 .* local weights file: model.backbone_weights="):
+        build_detector("retinanet_resnet50", num_classes=2, backbone_weights="timm")

@@ -17,7 +17,7 @@ from .crossformer import (
     CrossFormerStage,
     checkpoint_filter_fn,
 )
-from .registry import create_model, list_variants
+from .registry import create_model, create_timm_model, list_variants
 
 __all__ = [
     "FLAVOURS",
@@ -31,6 +31,7 @@ __all__ = [
     "build_from_state_dict",
     "checkpoint_filter_fn",
     "create_model",
+    "create_timm_model",
     "detect_variant",
     "infer_architecture",
     "list_variants",

@@ -10,7 +10,7 @@ from torch import nn
 
 from .crossformer import VARIANT_ARGS, CrossFormerBackbone
 
-__all__ = ["create_model", "list_variants"]
+__all__ = ["create_model", "create_timm_model", "list_variants"]
 
 
 def list_variants() -> list[str]:
@@ -41,3 +41,28 @@ def create_model(name: str, *, dense: bool = False, **kwargs: Any) -> nn.Module:
         model.pretrained_cfg = dict(architecture=name)
         return model
     return timm.create_model(name, **kwargs)
+
+
+def create_timm_model(name: str, *, pretrained: bool = False, local_file_hint: str = "", **kwargs: Any) -> nn.Module:
+    """``timm.create_model`` whose missing pretrained weights (no cache, no connection) are a clear error.
+
+    Args:
+        name: timm model name.
+        pretrained: timm's pretrained weights: from the local Hugging Face cache, or downloaded.
+        local_file_hint: how the caller's config passes a local weights file instead (added to the message).
+        **kwargs: ``timm.create_model`` arguments (a ``pretrained_cfg_overlay`` with a ``file`` reads that file).
+    """
+    try:
+        return timm.create_model(name, pretrained=pretrained, **kwargs)
+    except OSError as err:
+        if not pretrained or "file" in (kwargs.get("pretrained_cfg_overlay") or {}):
+            raise
+        from huggingface_hub.constants import HF_HUB_CACHE
+
+        hint = f", or use a local weights file: {local_file_hint}" if local_file_hint else ""
+        raise FileNotFoundError(
+            f"timm's pretrained weights for {name} are not in the local Hugging Face cache ({HF_HUB_CACHE}) and "
+            f"could not be downloaded ({type(err).__name__}). Where there is a connection, run "
+            f"python -c \"import timm; timm.create_model('{name}', pretrained=True)\" and copy that cache here"
+            f"{hint}"
+        ) from None

@@ -31,7 +31,7 @@ from torch import Tensor, nn
 from torchvision.ops import FeaturePyramidNetwork
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
-from ...models import CrossFormerBackbone, create_model, list_variants, load_official_state_dict
+from ...models import CrossFormerBackbone, create_model, create_timm_model, list_variants, load_official_state_dict
 from .mm_convert import MMLastLevelP6P7
 
 __all__ = [
@@ -112,8 +112,6 @@ class TimmTrunk(nn.Module):
         **kwargs: Any,
     ):
         super().__init__()
-        import timm
-
         self.is_swin = model_name.startswith("swin")
         if self.is_swin:
             kwargs.setdefault("strict_img_size", False)
@@ -122,8 +120,13 @@ class TimmTrunk(nn.Module):
             kwargs["pretrained_cfg_overlay"] = dict(file=os.fspath(pretrained_file))
         # ResNet's feature index 0 is the stem (stride 2); the stages are 1..4. Swin has exactly 4 (strides 4..32).
         out_indices = (1, 2, 3, 4) if not self.is_swin else (0, 1, 2, 3)
-        self.model = timm.create_model(
-            model_name, pretrained=pretrained, features_only=True, out_indices=out_indices, **kwargs
+        self.model = create_timm_model(
+            model_name,
+            pretrained=pretrained,
+            local_file_hint="model.backbone_weights=/path/to/weights",
+            features_only=True,
+            out_indices=out_indices,
+            **kwargs,
         )
         self.out_channels = list(self.model.feature_info.channels())
         self.out_strides = list(self.model.feature_info.reduction())

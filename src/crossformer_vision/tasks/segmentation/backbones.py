@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ...models import CrossFormerBackbone, create_model, list_variants, load_official_state_dict
+from ...models import CrossFormerBackbone, create_model, create_timm_model, list_variants, load_official_state_dict
 
 __all__ = [
     "DENSE_GROUP_SIZE",
@@ -153,7 +153,13 @@ class TimmBackbone(nn.Module):
         super().__init__()
         if out_indices is not None:
             kwargs["out_indices"] = tuple(out_indices)
-        self.body = timm.create_model(model_name, pretrained=pretrained, features_only=True, **kwargs)
+        self.body = create_timm_model(
+            model_name,
+            pretrained=pretrained,
+            local_file_hint="model.backbone.kwargs.pretrained_cfg_overlay={file: /path/to/weights}",
+            features_only=True,
+            **kwargs,
+        )
         info = self.body.feature_info
         self.model_name = model_name
         self.out_channels: list[int] = list(info.channels())
