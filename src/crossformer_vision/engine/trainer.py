@@ -72,7 +72,7 @@ class LoopConfig:
         "accum_steps": "train.accum_steps",
         "log_every": "train.log_every",
         "eval_every": "train.eval_every",
-        "eval_every_steps": "evaluation.every",
+        "eval_every_steps": "eval.every (segmentation)",
         "ckpt_every": "train.ckpt_every",
         "keep_last": "train.keep_last",
         "max_steps": "train.max_steps (sched.iters for segmentation)",
