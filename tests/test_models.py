@@ -213,6 +213,22 @@ def test_global_pool_choices_follow_timm(pool):
         model.reset_classifier(3, global_pool="mean")
 
 
+def test_pruned_model_forwards_with_the_last_kept_stage():
+    model = tiny("crossformer_s").eval()
+    x = torch.randn(2, 3, 64, 64)
+    maps = model.forward_intermediates(x, intermediates_only=True)
+    assert model.prune_intermediate_layers(indices=[1], prune_head=True) == [1]
+    with torch.no_grad():
+        out = model(x)  # the final norm had stage 4's width: it failed with a normalized_shape error
+    assert out.shape == (2, 8, 8, 64) and model.num_features == 64
+    torch.testing.assert_close(out.permute(0, 3, 1, 2), maps[1])
+    kept_head = tiny("crossformer_s").eval()
+    kept_head.prune_intermediate_layers(indices=2, prune_head=False)  # the last two stages: nothing cut
+    assert kept_head(x).shape == (2, 7)
+    kept_head.prune_intermediate_layers(indices=[0, 2], prune_head=False)  # stage 4 cut: head rebuilt for stage 3
+    assert kept_head.head.in_features == 128 and kept_head(x).shape == (2, 7)
+
+
 def test_timm_registry_and_pretrained_cfg():
     assert set(VARIANTS) <= set(timm.list_models("crossformer*"))
     model = timm.create_model("crossformerpp_s")

@@ -41,10 +41,19 @@ def _config(presets: list[str], out: Path, overrides: list[str]) -> dict:
 
 
 def _count(model_name: str, kwargs: dict, size: int) -> tuple[float, float]:
+    """Parameters (M) and MFLOPs per image, attention included: the models are built with the explicit attention
+    math, because torch's flop counter does not see the fused CPU attention kernel (which path runs depends on the
+    machine: CrossFormer picks it by L2 cache size), and the count must not."""
     import timm
+    from timm.layers import set_fused_attn, use_fused_attn
     from torch.utils.flop_counter import FlopCounterMode
 
-    model = timm.create_model(model_name, num_classes=10, **kwargs).eval()
+    fused, experimental = use_fused_attn(), use_fused_attn(experimental=True)
+    set_fused_attn(False)
+    try:
+        model = timm.create_model(model_name, num_classes=10, **kwargs).eval()
+    finally:
+        set_fused_attn(fused, experimental=experimental)
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         model(torch.zeros(1, 3, size, size))
     return sum(p.numel() for p in model.parameters()) / 1e6, counter.get_total_flops() / 2e6

@@ -470,15 +470,25 @@ class CrossFormer(nn.Module):
     def prune_intermediate_layers(
         self, indices: int | Sequence[int] = 1, prune_norm: bool = False, prune_head: bool = True
     ) -> list[int]:
-        """Drop the stages after the last index in ``indices`` (and the norm / head)."""
-        take_indices, max_index = feature_take_indices(len(self.layers), indices)
+        """Drop the stages after the last index in ``indices`` (and the norm / head).
+
+        When stages are cut off, the final norm (made for the last stage's width) becomes ``nn.Identity`` and
+        ``num_features`` is the new last stage's width; a head that is kept is rebuilt for that width (new weights).
+        """
+        num_stages = len(self.layers)
+        take_indices, max_index = feature_take_indices(num_stages, indices)
         self.layers = self.layers[: max_index + 1]
         if self.layers[-1].downsample is not None:
             self.layers[-1].downsample = None
-        if prune_norm:
+        cut = max_index < num_stages - 1
+        if cut:
+            self.num_features = self.head_hidden_size = self.feature_info[max_index]["num_chs"]
+        if prune_norm or cut:
             self.norm = nn.Identity()
         if prune_head:
             self.reset_classifier(0, "")
+        elif cut:
+            self.reset_classifier(self.num_classes)
         return take_indices
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
