@@ -40,12 +40,17 @@ def plot_curves(run_dir: str | os.PathLike, path: str | os.PathLike, val_keys: S
         pts = [(r["step"], r[key]) for r in val if isinstance(r.get(key), (int, float))]
         if pts:
             axes[2].plot(*zip(*pts), marker="o", label=key)
+    handles, labels = axes[2].get_legend_handles_labels()
+    legend_ax = axes[2]
     if val and "loss" in val[0]:
         ax2 = axes[2].twinx()
         ax2.plot([r["step"] for r in val], [r["loss"] for r in val], color="tab:red", linestyle="--", label="val loss")
         ax2.set_ylabel("val loss", color="tab:red")
+        more, more_labels = ax2.get_legend_handles_labels()
+        handles, labels, legend_ax = handles + more, labels + more_labels, ax2
     axes[2].set(title="validation", xlabel="step")
-    axes[2].legend(loc="lower right")
+    if handles:  # one legend for both axes, drawn on top, between the rising metrics and the falling loss
+        legend_ax.legend(handles, labels, loc="center right", framealpha=0.9)
     for ax in axes:
         ax.grid(alpha=0.3)
     fig.tight_layout()
