@@ -42,6 +42,19 @@ def test_onnx_export(model_and_input, tmp_path):
 
 
 @pytest.mark.slow
+def test_torch_jit_trace_under_no_grad(model_and_input):
+    """The CPU inference kernels and caches step aside while tracing (they tripped the tracer's internal assert)."""
+    model, x, ref = model_and_input
+    with torch.no_grad(), pytest.warns(torch.jit.TracerWarning):  # shapes become constants: the traced size only
+        traced = torch.jit.trace(model, x)
+        out = traced(x)
+    torch.testing.assert_close(out, ref, rtol=0, atol=1e-5)
+    with torch.no_grad():
+        other = torch.randn(3, *x.shape[1:])  # another batch size at the traced height and width
+        torch.testing.assert_close(traced(other), model(other), rtol=0, atol=1e-5)
+
+
+@pytest.mark.slow
 def test_torch_compile(model_and_input):
     model, x, ref = model_and_input
     compiled = torch.compile(model)

@@ -90,6 +90,8 @@ class GroupAttention(nn.Module):
         """
         if torch.is_grad_enabled() or torch.compiler.is_compiling() or torch.jit.is_scripting():
             return self._build_mask(layout, dtype)
+        if torch.jit.is_tracing():  # the trace records the bias MLP instead of a cached constant
+            return self._build_mask(layout, dtype)
         params = ((p.data_ptr(), p._version, p.dtype, p.device) for p in self.pos.parameters())
         key = (layout, dtype, weights_generation(), *params)
         mask = self._mask_cache.get(key)

@@ -82,12 +82,13 @@ _cast_weights: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # layer 
 
 def eager_cpu_inference(x: torch.Tensor) -> bool:
     """Whether a CPU-only inference kernel may replace the plain ops for ``x``: a CPU tensor, no autograd, eager mode
-    (not compiling, scripting or exporting, nor under a dispatch mode such as ``FlopCounterMode``)."""
+    (not compiling, scripting, tracing or exporting, nor under a dispatch mode such as ``FlopCounterMode``)."""
     return (
         not torch.is_grad_enabled()
         and x.device.type == "cpu"
         and not torch.compiler.is_compiling()
         and not torch.jit.is_scripting()
+        and not torch.jit.is_tracing()
         and not _in_dispatch_mode()
     )
 
