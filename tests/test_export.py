@@ -42,6 +42,7 @@ def test_onnx_export(model_and_input, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:`torch.jit.trace:FutureWarning")  # deprecated by PyTorch, still used
 def test_torch_jit_trace_under_no_grad(model_and_input):
     """The CPU inference kernels and caches step aside while tracing (they tripped the tracer's internal assert)."""
     model, x, ref = model_and_input
