@@ -32,8 +32,8 @@ __all__ = [
 ]
 
 #: Stochastic depth of the trunks in the official detection configs (CrossFormer: the ImageNet values, e.g. 0.2 for
-#: S and 0.3 for B in ``detection/crossformer_factory.py``; Swin-T / S: 0.2 in Swin's own Mask R-CNN configs, Swin-B:
-#: 0.3 as in its Cascade Mask R-CNN config). ResNets have none.
+#: S and 0.3 for B in ``detection/crossformer_factory.py``; Swin-T / S: 0.2 in Swin's own detection configs, Swin-B:
+#: 0.3 as in the Swin-B (Cascade) Mask R-CNN configs of Swin's detection repo and mmdetection). ResNets have none.
 DETECTION_DROP_PATH: dict[str, float] = {**DROP_PATH, "swin_t": 0.2, "swin_s": 0.2, "swin_b": 0.3}
 
 DEFAULTS: dict[str, Any] = {
