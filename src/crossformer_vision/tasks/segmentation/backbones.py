@@ -259,17 +259,17 @@ def build_backbone(
     backbone = TimmBackbone(timm_name, pretrained=pretrained, **kwargs)
     strides = backbone.out_strides
     if not backbone.is_plain and strides != list(PYRAMID_STRIDES):
-        if "out_indices" not in kwargs and set(PYRAMID_STRIDES) <= set(strides):
-            # e.g. EfficientNet / ConvNeXt-style models with a stride-2 level first: take the four pyramid levels,
-            # as mmseg configs do with out_indices
-            kwargs["out_indices"] = tuple(strides.index(s) for s in PYRAMID_STRIDES)
+        # timm's feature indices of the pyramid levels, e.g. EfficientNet's (1, 2, 3, 4) after its stride-2 level
+        levels = [backbone.body.feature_info.out_indices[strides.index(s)] for s in PYRAMID_STRIDES if s in strides]
+        if "out_indices" not in kwargs and len(levels) == len(PYRAMID_STRIDES):
+            # take the four pyramid levels, as mmseg configs do with out_indices
+            kwargs["out_indices"] = tuple(levels)
             backbone = TimmBackbone(timm_name, pretrained=pretrained, **kwargs)
         else:
-            hint = (
-                f"pick them with model.backbone.kwargs.out_indices={[strides.index(s) for s in PYRAMID_STRIDES]}"
-                if set(PYRAMID_STRIDES) <= set(strides)
-                else "this model cannot serve as a UPerNet / Semantic FPN backbone"
-            )
+            if "out_indices" in kwargs:
+                hint = f"model.backbone.kwargs.out_indices={list(kwargs['out_indices'])} must select those levels"
+            else:
+                hint = "this model cannot serve as a UPerNet / Semantic FPN backbone"
             raise ValueError(
                 f"{name}: UPerNet / Semantic FPN need four feature maps at strides {list(PYRAMID_STRIDES)} (or a plain "
                 f"ViT's single stride); {timm_name} gives strides {strides}: {hint}"
