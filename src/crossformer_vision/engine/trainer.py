@@ -252,16 +252,16 @@ class Trainer:
         images, as one process with the whole global batch computes it. The counts travel with the all-reduce of
         the loss that the divergence check makes anyway.
         """
-        value = loss.detach().float()
         scale = 1.0
         if self.dist.distributed:
-            sums = torch.stack([value * n, value.new_tensor(float(n))])
+            sums = torch.stack([loss.detach().float() * n, loss.new_tensor(float(n), dtype=torch.float32)])
             all_reduce_sum(sums)
-            total = sums[1].item()
-            value = sums[0] / total if total > 0 else sums[0]
+            weighted, total = sums.tolist()  # one device-to-host copy per micro-step, as before
+            value = weighted / total if total > 0 else weighted
             if total > 0 and n * self.dist.world_size != total:
                 scale = n * self.dist.world_size / total
-        value = value.item()
+        else:
+            value = loss.detach().float().item()
         if not math.isfinite(value):
             last = self.ckpt.latest()
             kept = f"the last good checkpoint {last} is intact" if last else "no checkpoint was written yet"

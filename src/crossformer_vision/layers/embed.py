@@ -98,7 +98,6 @@ def _use_unshuffle(convs: nn.ModuleList, mode: str) -> bool:
         and torch.is_grad_enabled()
         and convs[0].weight.requires_grad
         and not torch.jit.is_scripting()
-        and not torch.jit.is_tracing()  # a trace (deployment) takes the plain convolutions
     )
 
 

@@ -30,13 +30,13 @@ _index_cached = functools.lru_cache(maxsize=64)(_index_cpu)
 
 def relative_offsets(group_h: int, group_w: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """All offsets (dy, dx) of a group_h x group_w group in row-major order: [(2Gh-1)(2Gw-1), 2]."""
-    fn = _offsets_cpu if torch.compiler.is_compiling() or torch.jit.is_tracing() else _offsets_cached
+    fn = _offsets_cpu if torch.compiler.is_compiling() else _offsets_cached
     return fn(group_h, group_w).to(device=device, dtype=dtype)
 
 
 def relative_position_index(group_h: int, group_w: int, device: torch.device) -> torch.Tensor:
     """Row of :func:`relative_offsets` for every (query, key) pair of a group: [N, N], N = Gh*Gw."""
-    fn = _index_cpu if torch.compiler.is_compiling() or torch.jit.is_tracing() else _index_cached
+    fn = _index_cpu if torch.compiler.is_compiling() else _index_cached
     return fn(group_h, group_w).to(device)
 
 

@@ -44,7 +44,6 @@ def recompute_enabled(x: torch.Tensor) -> bool:
         and not torch.is_autocast_enabled(x.device.type)
         and not torch.compiler.is_compiling()
         and not torch.jit.is_scripting()
-        and not torch.jit.is_tracing()
     )
 
 

@@ -512,9 +512,7 @@ class CrossFormer(nn.Module):
         return self._head(x, pre_logits)
 
     def _head(self, x: torch.Tensor, pre_logits: bool) -> torch.Tensor:
-        if self.global_pool == "avg":
-            x = x.mean(dim=(1, 2))  # the official head's pooling, bit for bit
-        elif self.global_pool:
+        if self.global_pool:  # "avg" is x.mean((1, 2)), the official head's pooling; "" keeps the map
             x = self.pool(x)
         x = self.head_drop(x)
         return x if pre_logits else self.head(x)

@@ -76,40 +76,34 @@ def data_config(cfg: dict[str, Any], model_cfg: dict[str, Any] | None = None) ->
     }
 
 
-def _check_auto_augment(policy: Any) -> None:
-    """timm's policy strings: ``rand-*`` (RandAugment), ``augmix-*``, or an AutoAugment name (``original``,
-    ``originalr``, ``v0``, ``v0r``, ``3a``); anything else fails inside timm with a bare assertion."""
-    try:
-        if not isinstance(policy, str):
-            raise TypeError(policy)
-        create_transform(input_size=(3, 32, 32), is_training=True, auto_augment=policy)
-    except (AssertionError, KeyError, ValueError, TypeError, IndexError) as e:
-        raise ValueError(
-            f"aug.auto_augment={policy!r} is not a timm augmentation policy ({type(e).__name__}: {e}); use e.g. "
-            "'rand-m9-mstd0.5-inc1' (the paper's RandAugment), 'augmix-m5-w3', 'original', 'v0', '3a', or null"
-        ) from None
-
-
 def build_transform(cfg: dict[str, Any], dcfg: dict[str, Any], train: bool) -> Callable:
     if not train:
         return create_transform(**dcfg, is_training=False)
     a = cfg["aug"]
-    if a["auto_augment"]:
-        _check_auto_augment(a["auto_augment"])
-    return create_transform(
-        input_size=dcfg["input_size"],
-        is_training=True,
-        scale=tuple(a["scale"]),
-        ratio=tuple(a["ratio"]),
-        hflip=a["hflip"],
-        auto_augment=a["auto_augment"] or None,
-        color_jitter=a["color_jitter"] or None,
-        re_prob=a["reprob"],
-        re_mode=a["remode"],
-        interpolation=dcfg["interpolation"],
-        mean=dcfg["mean"],
-        std=dcfg["std"],
-    )
+    policy = a["auto_augment"] or None
+    try:
+        return create_transform(
+            input_size=dcfg["input_size"],
+            is_training=True,
+            scale=tuple(a["scale"]),
+            ratio=tuple(a["ratio"]),
+            hflip=a["hflip"],
+            auto_augment=policy,
+            color_jitter=a["color_jitter"] or None,
+            re_prob=a["reprob"],
+            re_mode=a["remode"],
+            interpolation=dcfg["interpolation"],
+            mean=dcfg["mean"],
+            std=dcfg["std"],
+        )
+    except (AssertionError, KeyError, IndexError) as e:
+        if policy is None:
+            raise
+        # timm parses the policy string with bare assertions / lookups: name the setting
+        raise ValueError(
+            f"aug.auto_augment={policy!r} is not a timm augmentation policy ({type(e).__name__}: {e}); use e.g. "
+            "'rand-m9-mstd0.5-inc1' (the paper's RandAugment), 'augmix-m5-w3', 'original', 'v0', '3a', or null"
+        ) from None
 
 
 def _limit(dataset: Dataset, limit: int | None) -> Dataset:
