@@ -11,7 +11,7 @@ large-input scaling table. Results are also written as JSON (``--out``).
 * Every row runs with the process settings of the ``crossformer`` CLI, whatever the model: PyTorch's CPU allocator
   on transparent huge pages (``THP_MEM_ALLOC_ENABLE=1``) everywhere, and for inference also glibc's ``malloc``
   keeping freed memory (what the CLI's ``eval`` / ``predict`` commands set: far fewer page faults for some more peak
-  RSS; ``crossformer_vision.engine.allocator``). Extra rows show CrossFormer-S inference with huge pages only and
+  RSS; ``crossformer_vision.utils.allocator``). Extra rows show CrossFormer-S inference with huge pages only and
   with the default allocator (4 KiB pages), as a plain script gets it, and training with the opt-in
   ``CROSSFORMER_KEEP_FREED_MEMORY=1``. Where gperftools' tcmalloc is installed (Debian: ``libtcmalloc-minimal4``),
   CrossFormer-S inference and training also run with it preloaded (``LD_PRELOAD``, as
@@ -119,7 +119,7 @@ def worker(spec: dict) -> dict:
 
     torch.set_num_threads(spec["threads"])
     if spec.get("keep_freed"):
-        from crossformer_vision.engine.allocator import keep_freed_memory
+        from crossformer_vision.utils.allocator import keep_freed_memory
 
         keep_freed_memory()
     torch.manual_seed(0)
@@ -404,7 +404,7 @@ def main() -> None:
 
     runs = 3 if args.quick else 5
     # every inference row runs with the process settings of the CLI's inference commands (huge pages, freed memory
-    # kept: engine/allocator.py), whatever the model; two extra rows show CrossFormer-S without them
+    # kept: utils/allocator.py), whatever the model; two extra rows show CrossFormer-S without them
     inf = dict(task="infer", size=224, batch=32, warmup=2, runs=runs, threads=t, keep_freed=True)
     rows: list[tuple[str, dict, dict]] = []
     variants = (
@@ -416,7 +416,7 @@ def main() -> None:
                 continue
             rows.append((f"ours {v}", {"mode": mode}, later({**inf, "kind": "ours", "name": v, "mode": mode})))
     s_inf = {**inf, "kind": "ours", "name": "crossformer_s", "mode": "fp32"}
-    from crossformer_vision.engine.allocator import tcmalloc_library
+    from crossformer_vision.utils.allocator import tcmalloc_library
 
     preload = tcmalloc_library()
     if not preload:

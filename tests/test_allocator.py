@@ -1,4 +1,4 @@
-"""The allocator setting the CLI applies to inference commands (engine/allocator.py)."""
+"""The allocator setting the CLI applies to inference commands (utils/allocator.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from crossformer_vision.engine import allocator
+from crossformer_vision.utils import allocator
 
 
 @pytest.mark.parametrize(
@@ -63,7 +63,7 @@ _PLAIN_ENV = {**os.environ, "THP_MEM_ALLOC_ENABLE": "0"}
 _RSS_AFTER_FREE = """
 import sys
 import torch
-from crossformer_vision.engine.allocator import keep_freed_memory
+from crossformer_vision.utils.allocator import keep_freed_memory
 
 def rss_mib():
     for line in open("/proc/self/status"):
@@ -94,7 +94,7 @@ def test_freed_memory_stays_in_the_process_only_when_asked():
 _RELEASE = """
 import ctypes
 
-from crossformer_vision.engine.allocator import release_freed_memory
+from crossformer_vision.utils.allocator import release_freed_memory
 
 libc = ctypes.CDLL("libc.so.6")
 libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, (ctypes.c_size_t,)
@@ -129,7 +129,7 @@ def test_release_freed_memory_returns_freed_heap_pages():
     assert float(dropped_on_release) > 96 and released == "True"
 
 
-# ---- tcmalloc for training commands (engine/allocator.py: preload_tcmalloc)
+# ---- tcmalloc for training commands (utils/allocator.py: preload_tcmalloc)
 
 
 @pytest.mark.parametrize(

@@ -48,7 +48,7 @@ def test_two_processes_equal_one(tmp_path):
     ddp = tmp_path / "ddp"
     proc = _torchrun([*RUN, "train.batch_size=16", f"train.output_dir={ddp}"])
     assert proc.stdout.count("top-1 ") == 1, proc.stdout  # only rank 0 reports
-    from crossformer_vision.engine.allocator import tcmalloc_library
+    from crossformer_vision.utils.allocator import tcmalloc_library
 
     if tcmalloc_library():  # every worker restarts with it (same PIDs under torchrun); only rank 0 says so
         assert proc.stderr.count("running with tcmalloc") == 1, proc.stderr[-3000:]

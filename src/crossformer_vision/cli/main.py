@@ -62,7 +62,7 @@ def _is_process_entry_point() -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ..engine.allocator import keep_freed_memory, keep_freed_memory_wanted, preload_tcmalloc, tcmalloc_notice
+    from ..utils.allocator import keep_freed_memory, keep_freed_memory_wanted, preload_tcmalloc, tcmalloc_notice
 
     if argv is None and _is_process_entry_point():  # training commands restart once with tcmalloc when installed
         try:
@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         # a process-wide allocator setting, so only when this is the process's entry point (the console script), not
         # when main() is called as a function: on for inference commands, CROSSFORMER_KEEP_FREED_MEMORY=0/1 overrides
-        # (engine/allocator.py)
+        # (utils/allocator.py)
         subcommand = getattr(args, f"{args.command}_command", None)
         if argv is None and keep_freed_memory_wanted(args.command, subcommand):
             keep_freed_memory()

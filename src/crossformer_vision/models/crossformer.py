@@ -26,7 +26,7 @@ from timm.models._features import FeatureGetterNet, feature_take_indices
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from ..engine.allocator import release_freed_memory
+from ..utils.allocator import release_freed_memory
 from ..layers import (
     LDA_RULES,
     CrossScaleEmbedding,
@@ -195,7 +195,7 @@ class CrossFormerStage(nn.Module):
         ckpt = self.grad_checkpointing and torch.is_grad_enabled() and not torch.jit.is_scripting()
         if ckpt and self.release_memory and x.device.type == "cpu" and not torch.compiler.is_compiling():
             # the point of checkpointing is memory: return the heap pages the previous stage freed to the kernel,
-            # here and, in the backward pass, once this stage's gradients are done (engine/allocator.py); activations
+            # here and, in the backward pass, once this stage's gradients are done (utils/allocator.py); activations
             # on an accelerator leave glibc's heap alone, so there the call would only cost time
             release_freed_memory()
             if x.requires_grad:
@@ -375,7 +375,7 @@ class CrossFormer(nn.Module):
         and recomputing them costs as much as any other block (2 of CrossFormer-S's 12; CPU, batch 16: 4.70 against
         5.07 s/step at the same peak RSS, median of four alternating processes each).
         With ``release_memory`` the free pages of glibc's heap go back to the kernel between stages (forward and
-        backward), which is where most of the saving in peak RSS comes from on CPU (see ``engine/allocator.py``).
+        backward), which is where most of the saving in peak RSS comes from on CPU (see ``utils/allocator.py``).
         """
         self.grad_checkpointing = enable
         last = len(self.layers) - 1
