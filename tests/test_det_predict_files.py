@@ -11,7 +11,8 @@ import torch
 from PIL import Image
 from torch import nn
 
-from crossformer_vision.tasks.detection import evaluate as det_evaluate
+from crossformer_vision.engine.loading import LoadedModel
+from crossformer_vision.tasks.detection import predict as det_predict
 from crossformer_vision.tasks.detection import predict_and_save
 
 
@@ -44,15 +45,17 @@ def _png(path: Path, width: int) -> Path:
 
 @pytest.fixture
 def stub(monkeypatch):
-    info = {"class_names": ["thing"]}
-    monkeypatch.setattr(det_evaluate, "load_detector", lambda *a, **k: (StubDetector(), info))
+    def load(*a, **k):
+        return LoadedModel(StubDetector(), "detection", "stub", ["thing"], None, "run", "run")
+
+    monkeypatch.setattr(det_predict, "load_model", load)
 
 
 def test_same_base_name_gets_unique_pictures(tmp_path, stub):
     a = _png(tmp_path / "dup" / "a" / "x.png", 10)
     b = _png(tmp_path / "dup" / "b" / "x.png", 20)
     out = tmp_path / "out"
-    json_path, paths, unreadable = det_evaluate.predict_files("run", [str(a), str(b)], out, device="cpu")
+    json_path, paths, unreadable = det_predict.predict_files("run", [str(a), str(b)], out, device="cpu")
     assert paths == [a, b] and unreadable == {}
     assert sorted(p.name for p in out.glob("*.png")) == ["x.png", "x_.png"]
     assert Image.open(out / "x.png").size == (10, 8) and Image.open(out / "x_.png").size == (20, 8)
@@ -65,7 +68,7 @@ def test_a_file_named_twice_is_predicted_once(tmp_path, stub):
     _png(folder / "y.png", 12)
     out = tmp_path / "out"
     twice = [str(folder), str(x), str(tmp_path / "imgs" / ".." / "imgs" / "x.png")]
-    json_path, paths, _ = det_evaluate.predict_files("run", twice, out, device="cpu")
+    json_path, paths, _ = det_predict.predict_files("run", twice, out, device="cpu")
     assert [p.name for p in paths] == ["x.png", "y.png"]
     assert sorted(p.name for p in out.glob("*.png")) == ["x.png", "y.png"]
     assert len(json.loads(json_path.read_text())) == 2
@@ -76,7 +79,7 @@ def test_unreadable_images_are_skipped_and_reported(tmp_path, stub):
     bad = tmp_path / "mixed" / "bad.jpg"
     bad.write_bytes(b"not a jpeg")
     out = tmp_path / "out"
-    json_path, paths, unreadable = det_evaluate.predict_files("run", [str(tmp_path / "mixed")], out, device="cpu")
+    json_path, paths, unreadable = det_predict.predict_files("run", [str(tmp_path / "mixed")], out, device="cpu")
     assert paths == [good]
     assert list(unreadable) == [str(bad)] and "cannot read the image" in unreadable[str(bad)]
     assert list(json.loads(json_path.read_text())) == [str(good)]
@@ -87,7 +90,7 @@ def test_no_readable_image_is_an_error(tmp_path, stub):
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"not a jpeg")
     with pytest.raises(ValueError, match="none of the 1 images could be read"):
-        det_evaluate.predict_files("run", [str(bad)], tmp_path / "out", device="cpu")
+        det_predict.predict_files("run", [str(bad)], tmp_path / "out", device="cpu")
     assert not (tmp_path / "out" / "predictions.json").exists()
 
 
@@ -103,7 +106,7 @@ def test_cli_reports_skipped_images(tmp_path, stub, capsys):
 
     good = _png(tmp_path / "mixed" / "good.png", 10)
     (tmp_path / "mixed" / "bad.jpg").write_bytes(b"not a jpeg")
-    rc = main(["det", "predict", str(tmp_path / "mixed"), "--checkpoint", "run", "--out", str(tmp_path / "o")])
+    rc = main(["det", "predict", str(tmp_path / "mixed"), "--checkpoint", "run", "--output-dir", str(tmp_path / "o")])
     text = capsys.readouterr().out
     assert rc == 0
     assert "in 1 images" in text and "bad.jpg" in text and "unreadable" in text

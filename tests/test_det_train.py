@@ -14,7 +14,8 @@ from crossformer_vision.cli.main import main
 from crossformer_vision.data.coco import det_demo_dir
 from crossformer_vision.engine import load_config, read_metrics
 from crossformer_vision.tasks.detection.config import DEFAULTS
-from crossformer_vision.tasks.detection.train import _check_resume
+from crossformer_vision.engine.run import check_resume
+from crossformer_vision.tasks.detection.config import RESUME_MUST_MATCH
 from train_utils import run_cli, weights
 
 # A tiny Mask R-CNN on 16 demo images (4 steps per epoch), multi-scale training and drop path on, so that resuming
@@ -104,7 +105,7 @@ def test_run_directory_holds_results(runs):
 
 
 def test_eval_and_predict_on_the_run(runs, tmp_path, capsys):
-    assert main(["det", "eval", "--checkpoint", str(runs["full"]), "--json", "--out", str(tmp_path / "eval")]) == 0
+    assert main(["det", "eval", "--checkpoint", str(runs["full"]), "--json", "--output-dir", str(tmp_path / "eval")]) == 0
     out = json.loads(capsys.readouterr().out)
     for key in ("bbox/AP", "bbox/AP50", "bbox/APs", "segm/AP", "segm/AP75"):
         assert key in out["metrics"]
@@ -116,7 +117,7 @@ def test_eval_and_predict_on_the_run(runs, tmp_path, capsys):
 
     images = sorted((det_demo_dir() / "val").glob("*.png"))[:2]
     pred = tmp_path / "pred"
-    args = ["det", "predict", *map(str, images), "--checkpoint", str(runs["full"]), "--out", str(pred)]
+    args = ["det", "predict", *map(str, images), "--checkpoint", str(runs["full"]), "--output-dir", str(pred)]
     assert main([*args, "--score-thresh", "0.0", "--device", "cpu"]) == 0
     found = json.loads((pred / "predictions.json").read_text())
     assert set(found) == {str(p) for p in images}
@@ -139,9 +140,9 @@ def test_eval_warns_when_the_files_class_names_differ(runs, tmp_path, capsys):
 def test_resume_refuses_a_different_recipe(runs):
     cfg = load_config(DEFAULTS, None, [*TINY_DET, f"train.output_dir={runs['full']}", "optim.lr=5e-3"])
     with pytest.raises(ValueError, match=r"optim\.lr: 0\.001 \(checkpoint\) -> 0\.005 \(now\)"):
-        _check_resume(cfg, runs["full"], force=False)
+        check_resume(cfg, runs["full"], RESUME_MUST_MATCH, force=False)
     more_epochs = load_config(DEFAULTS, None, [*TINY_DET, "sched.epochs=3"])
-    _check_resume(more_epochs, runs["full"], force=False)  # a longer schedule is a legitimate change
+    check_resume(more_epochs, runs["full"], RESUME_MUST_MATCH, force=False)  # a longer schedule is a legitimate change
 
 
 def test_official_mmdet_checkpoint_convert_predict_eval(tmp_path, capsys):
@@ -163,7 +164,7 @@ def test_official_mmdet_checkpoint_convert_predict_eval(tmp_path, capsys):
 
     image = sorted((det_demo_dir() / "val").glob("*.png"))[0]
     out = tmp_path / "pred"
-    args = ["det", "predict", str(image), "--checkpoint", str(dst), "--out", str(out), "--device", "cpu"]
+    args = ["det", "predict", str(image), "--checkpoint", str(dst), "--output-dir", str(out), "--device", "cpu"]
     test_time = ["model.min_size=[64]", "model.max_size=64", "model.detector.kwargs.box_score_thresh=0.0"]
     assert main([*args, "--score-thresh", "0.0", "--set", *test_time]) == 0
     found = json.loads((out / "predictions.json").read_text())[str(image)]

@@ -13,7 +13,9 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from crossformer_vision.tasks.segmentation import build_segmentor
-from crossformer_vision.tasks.segmentation.evaluate import convert_mmseg, load_segmentor, predict_images
+from crossformer_vision.engine.loading import load_model
+from crossformer_vision.tasks.segmentation.convert import convert_mmseg
+from crossformer_vision.tasks.segmentation.predict import predict_images
 
 TINY = dict(embed_dim=16, depths=(2, 2, 2, 2), num_heads=(1, 2, 2, 4))
 
@@ -39,8 +41,9 @@ def test_convert_writes_no_null_classes(no_class_pth, tmp_path):
     dst = tmp_path / "conv.safetensors"
     meta = convert_mmseg(no_class_pth, dst)
     assert "classes" not in meta and "classes" not in _metadata(dst)
-    model, info = load_segmentor(dst)
-    assert model.class_names is None and info["class_names"] is None and model.num_classes == 3
+    loaded = load_model(dst, "segmentation")
+    model = loaded.model
+    assert model.class_names is None and loaded.classes is None and model.num_classes == 3
 
 
 def test_null_classes_of_older_files_read_as_unknown(no_class_pth, tmp_path):
@@ -48,7 +51,7 @@ def test_null_classes_of_older_files_read_as_unknown(no_class_pth, tmp_path):
     meta = convert_mmseg(no_class_pth, dst)
     old = tmp_path / "old.safetensors"
     save_file(load_file(str(dst)), str(old), metadata={**meta, "classes": "null", "palette": ""})
-    model, _ = load_segmentor(old)
+    model = load_model(old, "segmentation").model
     assert model.class_names is None and model.palette is None
 
 

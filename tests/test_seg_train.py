@@ -21,12 +21,9 @@ from crossformer_vision.data.segmentation import seg_demo
 from crossformer_vision.engine import DistInfo, LoopConfig, Trainer, load_config, read_metrics
 from crossformer_vision.tasks.segmentation import build_segmentor, list_segmentors, summarize_areas
 from crossformer_vision.tasks.segmentation.config import DEFAULTS, InferenceSettings
-from crossformer_vision.tasks.segmentation.evaluate import (
-    evaluate_segmentor,
-    load_segmentor,
-    majority_baseline,
-    scaled_sizes,
-)
+from crossformer_vision.engine.loading import load_model
+from crossformer_vision.tasks.segmentation.evaluate import evaluate_segmentor, majority_baseline
+from crossformer_vision.tasks.segmentation.tta import scaled_sizes
 from crossformer_vision.tasks.segmentation.train import param_groups, poly_warmup_factor
 from train_utils import run_cli
 
@@ -214,8 +211,9 @@ def test_convert_mmseg_roundtrip(tmp_path, capsys):
     torch.save({"state_dict": state, "meta": {"CLASSES": classes, "PALETTE": [[i, i, i] for i in range(8)]}}, src)
     assert main(["seg", "convert", str(src), str(tmp_path / "upernet.safetensors")]) == 0
     assert "fixed_interval" in capsys.readouterr().out
-    loaded, info = load_segmentor(tmp_path / "upernet.safetensors")
-    assert info["kind"] == "mmseg" and info["class_names"] == classes and info["lda_rule"] == "fixed_interval"
+    found = load_model(tmp_path / "upernet.safetensors", "segmentation")
+    loaded = found.model
+    assert found.kind == "converted" and found.classes == classes and loaded.lda_rule == "fixed_interval"
     x = torch.randn(1, 3, 64, 96)
     with torch.no_grad():
         assert torch.equal(loaded(x), model(x))
@@ -232,7 +230,7 @@ def test_train_resume_eval_predict(tmp_path, capsys):
     assert [r["step"] for r in records if r["split"] == "val"] == [3, 6]
     assert [r["step"] for r in records if r["split"] == "train"] == [1, 2, 3, 4, 5, 6]
     results = json.loads((full / "results.json").read_text())
-    assert results["iterations"] == 6 and len(results["per_class"]) == 8
+    assert results["steps"] == 6 and len(results["per_class"]) == 8
 
     # a fresh process resumed from the step-3 checkpoint ends with bitwise the same weights
     resumed = tmp_path / "resumed"
@@ -272,7 +270,7 @@ def test_demo_quick_reports_model_and_baseline(tmp_path, capsys):
     tiny = [a for a in TINY_SEG[2:] if not a.startswith(("sched.", "eval.every", "train.ckpt_every"))]
     proc = run_cli(["seg", "demo", "--quick", "--output-dir", str(out), *tiny, "sched.iters=2"])
     summary = json.loads((out / "demo_results.json").read_text())
-    assert summary["baseline"]["class"] == "gravel" and summary["model"]["iterations"] == 2
+    assert summary["baseline"]["class"] == "gravel" and summary["model"]["steps"] == 2
     assert math.isfinite(summary["model"]["metrics"]["mIoU"]) and "trivial" in proc.stdout
     assert main(["seg", "demo", "--quick", "--output-dir", str(out)]) == 2
     assert "already holds a run" in capsys.readouterr().err

@@ -12,45 +12,49 @@ import json
 import time
 from pathlib import Path
 
+from .options import (
+    add_checkpoint,
+    add_json,
+    add_output_dir,
+    add_train,
+    train_overrides,
+)
+from .options import console as make_console
+
 DEMO_PRESETS = {"maskrcnn": "det_demo_maskrcnn", "retinanet": "det_demo_retinanet"}
 DEMO_QUICK = ["sched.epochs=2", "sched.lr_steps=[]", "data.train_limit=96", "sched.warmup_iters=10"]
+
+
+_CHECKPOINT = "run directory, checkpoints/step-* folder, .safetensors (run or det convert), or an mmdet .pth"
 
 
 def _overrides(p: argparse.ArgumentParser, example: str) -> None:
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=f"config overrides, e.g. {example}")
 
 
-def _trust(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--trust-checkpoint", action="store_true", help="allow arbitrary pickled objects (trusted .pth files only)"
-    )
-
-
 def add_args(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="det_command", metavar="ACTION", required=True)
 
     t = sub.add_parser("train", help="train a detector (same command under torchrun)")
-    t.add_argument("--config", default=None, help="YAML file or bundled preset (e.g. coco_maskrcnn_crossformer_s)")
-    t.add_argument("--resume", default=None, help="checkpoint directory, or a run directory (its latest checkpoint)")
-    t.add_argument(
-        "--force-resume", action="store_true", help="resume even if the config differs from the checkpoint's"
-    )
-    _overrides(t, "model.backbone_weights=crossformer-s.pth data.images=/data/coco/train2017")
+    add_train(t, "model.backbone_weights=crossformer-s.pth data.images=/data/coco/train2017")
     t.set_defaults(_det_run=_train)
 
     e = sub.add_parser("eval", help="COCO box (and mask) AP of a run or an official mmdet checkpoint")
-    e.add_argument("--checkpoint", required=True, help="run directory, .safetensors, or an official mmdet .pth")
+    add_checkpoint(e, _CHECKPOINT)
     e.add_argument("--config", default=None, help="YAML file or preset for the data (default: the run's config)")
-    e.add_argument("--out", default=None, help="write metrics.json and results_{bbox,segm}.json here")
-    e.add_argument("--json", action="store_true", help="print JSON")
-    _trust(e)
+    e.add_argument(
+        "--output-dir", "--out", dest="output_dir", default=None,
+        help="write metrics.json and results_{bbox,segm}.json here",
+    )  # fmt: skip
+    add_json(e)
     _overrides(e, "data.val_json=/coco/annotations/instances_val2017.json data.val_images=/coco/val2017")
     e.set_defaults(_det_run=_eval)
 
     r = sub.add_parser("predict", help="detect objects in images: predictions.json and one PNG per image")
     r.add_argument("inputs", nargs="+", help="image files and/or folders")
-    r.add_argument("--checkpoint", required=True, help="run directory, .safetensors, or an official mmdet .pth")
-    r.add_argument("--out", required=True, help="output folder")
+    add_checkpoint(r, _CHECKPOINT)
+    add_output_dir(r, "det_predictions", "where predictions.json and the PNGs go")
+    add_json(r)
     r.add_argument("--score-thresh", type=float, default=0.3, help="keep detections scoring at least this")
     r.add_argument("--device", default=None, help="cpu / cuda (default: cuda when available)")
     r.add_argument(
@@ -62,18 +66,21 @@ def add_args(p: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="test-time model settings, e.g. --set model.min_size=[600] model.detector.kwargs.box_nms_thresh=0.6",
     )
-    _trust(r)
     r.set_defaults(_det_run=_predict)
 
     c = sub.add_parser("convert", help="official mmdet RetinaNet / Mask R-CNN .pth -> detector .safetensors")
     c.add_argument("src", help="official mmdet checkpoint (.pth)")
     c.add_argument("dst", help="output .safetensors")
-    _trust(c)
+    c.add_argument(
+        "--trust-checkpoint",
+        action="store_true",
+        help="unpickle arbitrary objects from .pth files (only for files whose origin you trust)",
+    )
     c.set_defaults(_det_run=_convert)
 
     d = sub.add_parser("demo", help="train a small detector on the embedded det_demo set (CPU, a few minutes)")
     d.add_argument("--detector", choices=sorted(DEMO_PRESETS), default="maskrcnn")
-    d.add_argument("--output-dir", default="runs/det_demo", help="run directory (must not hold a run)")
+    add_output_dir(d, "runs/det_demo", "run directory (must not hold a run)")
     d.add_argument("--quick", action="store_true", help="a smoke run of well under a minute (AP near zero)")
     d.add_argument("--num-predictions", type=int, default=8, help="validation images drawn with their detections")
     _overrides(d, "sched.epochs=4")
@@ -82,12 +89,6 @@ def add_args(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     return int(args._det_run(args) or 0)
-
-
-def _console():
-    from rich.console import Console
-
-    return Console(width=None if Console().is_terminal else 120)
 
 
 def _config(preset: str | None, overrides: list[str]) -> dict:
@@ -122,12 +123,12 @@ def _print_results(console, metrics: dict, per_class: dict, iou_types) -> None:
 def _train(args: argparse.Namespace) -> int:
     from ..tasks.detection.train import train
 
-    cfg = _config(args.config, args.overrides)
+    cfg = _config(args.config, train_overrides(args))
     result = train(cfg, resume=args.resume, force_resume=args.force_resume)
     from ..engine import is_main
 
     if is_main() and result["metrics"]:
-        console = _console()
+        console = make_console()
         _print_results(console, result["metrics"], result["per_class_AP"], ("bbox", "segm"))
         console.print(f"{result['steps']} steps in {result['train_seconds']:.0f} s; run: {result['run_dir']}")
     return 0
@@ -138,14 +139,14 @@ def _eval(args: argparse.Namespace) -> int:
     from ..tasks.detection.evaluate import evaluate_checkpoint
 
     config = resolve_config(args.config, task="detection") if args.config else None
-    out = evaluate_checkpoint(args.checkpoint, args.overrides, config, args.out, args.trust_checkpoint)
+    out = evaluate_checkpoint(args.checkpoint, args.overrides, config, args.output_dir, args.trust_checkpoint)
     if not out.pop("is_main"):
         return 0
     if args.json:
         out.pop("summaries")
         print(json.dumps(out, indent=1))
         return 0
-    console = _console()
+    console = make_console()
     console.print(f"{out['model']} from {out['checkpoint']}, {out['num_images']} images")
     if out["report"]:
         console.print(f"[dim]transferred from the mmdet checkpoint:[/]\n{out['report']}")
@@ -156,33 +157,34 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from ..tasks.detection.evaluate import predict_files
+    from ..tasks.detection.predict import predict_files
 
     json_path, paths, unreadable = predict_files(
         args.checkpoint,
         args.inputs,
-        args.out,
+        args.output_dir,
         overrides=args.overrides,
         score_thresh=args.score_thresh,
         device=args.device,
         trusted=args.trust_checkpoint,
     )
     found = json.loads(Path(json_path).read_text())
+    if args.json:
+        print(json.dumps(found, indent=1))
+        return 0
     n = sum(len(v) for v in found.values())
-    print(f"{n} detections (score >= {args.score_thresh}) in {len(paths)} images: {json_path} and PNGs in {args.out}")
+    print(f"{n} detections (score >= {args.score_thresh}) in {len(paths)} images: {json_path} and PNGs in "
+          f"{args.output_dir}")  # fmt: skip
     for image, error in unreadable.items():
         print(f"skipped {image}: unreadable ({error})")
     return 0
 
 
 def _convert(args: argparse.Namespace) -> int:
-    from ..tasks.detection.evaluate import convert_mmdet_to_safetensors
+    from ..tasks.detection.convert import convert_mmdet_to_safetensors
 
     info = convert_mmdet_to_safetensors(args.src, args.dst, trusted=args.trust_checkpoint)
-    print(
-        f"wrote {info['path']}: {info['model_cfg']['name']} (lda_rule {info['model_cfg']['lda_rule']}), "
-        f"{len(info['class_names'])} classes"
-    )
+    print(f"wrote {info['path']}: {info['model']} (lda_rule {info['lda_rule']}), {len(info['classes'])} classes")
     print(info["report"])
     return 0
 
@@ -192,10 +194,8 @@ def _demo(args: argparse.Namespace) -> int:
 
     from ..tasks.detection.train import train
 
-    console = _console()
+    console = make_console()
     out = Path(args.output_dir)
-    if (out / "checkpoints").exists():
-        raise ValueError(f"{out} already holds a run; remove it or pass --output-dir")
     overrides = [*(DEMO_QUICK if args.quick else []), *args.overrides, f"train.output_dir={out}"]
     cfg = _config(DEMO_PRESETS[args.detector], overrides)
     console.rule(
@@ -239,7 +239,7 @@ def _demo_predictions(out: Path, count: int) -> list[Path]:
     from PIL import Image
 
     from ..data.coco import det_demo_dir
-    from ..tasks.detection.evaluate import predict_files
+    from ..tasks.detection.predict import predict_files
 
     val = det_demo_dir() / "val"
     files = sorted(val.glob("*.png"))[:count]

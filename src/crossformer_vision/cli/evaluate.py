@@ -7,15 +7,14 @@ import argparse
 from rich.console import Console
 from rich.table import Table
 
+from .options import add_checkpoint, add_json
+
 
 def add_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--checkpoint", required=True, help="run directory, final.safetensors, or an official .pth")
+    add_checkpoint(p, "run directory, checkpoints/step-* folder, .safetensors, or an official .pth")
     p.add_argument("--model", default=None, help="model name (only for official files of non-CrossFormer models)")
     p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--json", action="store_true", help="print JSON")
-    p.add_argument(
-        "--trust-checkpoint", action="store_true", help="allow arbitrary pickled objects (trusted files only)"
-    )
+    add_json(p)
     p.add_argument(
         "overrides",
         nargs="*",
@@ -26,9 +25,11 @@ def add_args(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..engine.json_safe import strict_json_dumps
-    from ..tasks.classification.inference import evaluate_checkpoint
+    from ..tasks.classification.evaluate import evaluate_checkpoint
 
     out = evaluate_checkpoint(args.checkpoint, args.overrides, args.model, args.batch_size, args.trust_checkpoint)
+    if not out.pop("is_main"):
+        return 0
     if args.json:
         print(strict_json_dumps(out, indent=1))
         return 0

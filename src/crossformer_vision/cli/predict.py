@@ -7,6 +7,8 @@ import argparse
 from rich.console import Console
 from rich.table import Table
 
+from .options import add_checkpoint, add_json, require_some_readable
+
 
 def positive_int(text: str) -> int:
     """argparse type: an integer >= 1 (``--topk``)."""
@@ -21,19 +23,17 @@ def positive_int(text: str) -> int:
 
 def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("inputs", nargs="+", help="image files and/or folders")
-    p.add_argument("--checkpoint", required=True, help="run directory, final.safetensors, or an official .pth")
+    add_checkpoint(p, "run directory, checkpoints/step-* folder, .safetensors, or an official .pth")
     p.add_argument("--model", default=None, help="model name (only for official files of non-CrossFormer models)")
     p.add_argument("--topk", type=positive_int, default=5, help="labels per image (>= 1)")
-    p.add_argument("--json", action="store_true", help="print JSON")
-    p.add_argument(
-        "--trust-checkpoint", action="store_true", help="allow arbitrary pickled objects (trusted files only)"
-    )
+    add_json(p)
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..tasks.classification.inference import predict_images, results_json
+    from ..tasks.classification.predict import predict_images, results_json
 
     results = predict_images(args.checkpoint, args.inputs, args.topk, args.model, trusted=args.trust_checkpoint)
+    require_some_readable(results)
     if args.json:
         print(results_json(results))
         return 0

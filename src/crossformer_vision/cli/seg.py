@@ -10,21 +10,22 @@ import json
 import time
 from pathlib import Path
 
+from .options import (
+    add_checkpoint,
+    add_json,
+    add_output_dir,
+    add_train,
+    require_some_readable,
+    train_overrides,
+)
+from .options import console as make_console
+
 LDA_RULES = ("fixed_group", "fixed_interval")
 #: ``seg demo --quick``: a one-minute smoke run.
 QUICK = ["sched.iters=20", "sched.warmup_iters=5", "eval.every=0", "train.log_every=5"]
 
 
-def _console():
-    from rich.console import Console
-
-    return Console(width=None if Console().is_terminal else 120)
-
-
-def _trust(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--trust-checkpoint", action="store_true", help="allow arbitrary pickled objects (trusted files only)"
-    )
+_CHECKPOINT = "run directory, checkpoints/step-* folder, .safetensors (run or converted), or an mmseg .pth"
 
 
 def _test_time(p: argparse.ArgumentParser) -> None:
@@ -43,39 +44,38 @@ def add_args(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="seg_command", metavar="SUBCOMMAND", required=True)
 
     t = sub.add_parser("train", help="train UPerNet / Semantic FPN (also under torchrun)")
-    t.add_argument("--config", default=None, help="YAML file or preset (ade20k_upernet_crossformer_s, seg_demo)")
-    t.add_argument("--resume", default=None, help="checkpoint directory, or a run directory (its latest checkpoint)")
-    t.add_argument("--force-resume", action="store_true", help="resume even if the config differs from the checkpoint")
-    t.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="e.g. data.root=/data/ADEChallengeData2016")
+    add_train(t, "data.root=/data/ADEChallengeData2016 (presets: ade20k_upernet_crossformer_s, seg_demo, ...)")
     t.set_defaults(_seg_run=_train)
 
     e = sub.add_parser("eval", help="mIoU / mAcc / aAcc and per-class IoU of a run or an official mmseg checkpoint")
-    e.add_argument("--checkpoint", required=True, help="run directory, final.safetensors, converted or mmseg .pth")
+    add_checkpoint(e, _CHECKPOINT)
     _test_time(e)
-    e.add_argument("--json", action="store_true", help="print JSON")
-    _trust(e)
+    add_json(e)
     e.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="e.g. data.root=/data/ADEChallengeData2016")
     e.set_defaults(_seg_run=_eval)
 
     r = sub.add_parser("predict", help="segment images: label PNGs (palette) and overlay PNGs")
     r.add_argument("inputs", nargs="+", help="image files and/or folders")
-    r.add_argument("--checkpoint", required=True, help="run directory, final.safetensors, converted or mmseg .pth")
-    r.add_argument("--output-dir", default="seg_predictions", help="where the PNGs go")
+    add_checkpoint(r, _CHECKPOINT)
+    add_output_dir(r, "seg_predictions", "where the PNGs go")
     r.add_argument("--device", default=None, help="cpu / cuda (default: CUDA when available)")
     _test_time(r)
-    r.add_argument("--json", action="store_true", help="print JSON")
-    _trust(r)
+    add_json(r)
     r.set_defaults(_seg_run=_predict)
 
     c = sub.add_parser("convert", help="official mmseg checkpoint -> safetensors (checked by building the model)")
     c.add_argument("src", help="mmseg .pth (UPerNet or Semantic FPN on a CrossFormer backbone)")
     c.add_argument("dst", help="output .safetensors")
     c.add_argument("--lda-rule", choices=LDA_RULES, default=None, help="default: from the weights' family")
-    _trust(c)
+    c.add_argument(
+        "--trust-checkpoint",
+        action="store_true",
+        help="unpickle arbitrary objects from .pth files (only for files whose origin you trust)",
+    )
     c.set_defaults(_seg_run=_convert)
 
     d = sub.add_parser("demo", help="train UPerNet on the embedded demo set (CPU, a few minutes) and evaluate it")
-    d.add_argument("--output-dir", default="runs/seg_demo", help="run directory")
+    add_output_dir(d, "runs/seg_demo", "run directory (must not hold a run)")
     d.add_argument("--quick", action="store_true", help="a one-minute smoke run (20 iterations)")
     d.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides of the seg_demo preset")
     d.set_defaults(_seg_run=_demo)
@@ -97,13 +97,13 @@ def _config(name: str | None, overrides: list[str]) -> dict:
 def _train(args: argparse.Namespace) -> int:
     from ..tasks.segmentation.train import train
 
-    result = train(_config(args.config, args.overrides), resume=args.resume, force_resume=args.force_resume)
+    result = train(_config(args.config, train_overrides(args)), resume=args.resume, force_resume=args.force_resume)
     if not result["is_main"]:
         return 0
     m = result["metrics"]
     print(
         f"mIoU {m['mIoU']:.2f}  mAcc {m['mAcc']:.2f}  aAcc {m['aAcc']:.2f}  ({m['num_images']} images, "
-        f"{result['iterations']} iterations, {result['train_seconds']:.0f} s)  -> {result['run_dir']}"
+        f"{result['steps']} iterations, {result['train_seconds']:.0f} s)  -> {result['run_dir']}"
     )
     return 0
 
@@ -139,7 +139,7 @@ def _eval(args: argparse.Namespace) -> int:
 def _predict(args: argparse.Namespace) -> int:
     from rich.table import Table
 
-    from ..tasks.segmentation.evaluate import predict_images
+    from ..tasks.segmentation.predict import predict_images
 
     results = predict_images(
         args.checkpoint,
@@ -152,6 +152,7 @@ def _predict(args: argparse.Namespace) -> int:
         trusted=args.trust_checkpoint,
         device=args.device,
     )
+    require_some_readable(results)
     if args.json:
         print(json.dumps(results, indent=1))
         return 0
@@ -164,12 +165,12 @@ def _predict(args: argparse.Namespace) -> int:
             continue
         top = ", ".join(f"{name} {share:.0%}" for name, share in list(r["classes"].items())[:4])
         table.add_row(r["image"], f"{Path(r['labels']).name} / {Path(r['overlay']).name}", top)
-    _console().print(table)
+    make_console().print(table)
     return 0
 
 
 def _convert(args: argparse.Namespace) -> int:
-    from ..tasks.segmentation.evaluate import convert_mmseg
+    from ..tasks.segmentation.convert import convert_mmseg
 
     meta = convert_mmseg(args.src, args.dst, lda_rule=args.lda_rule, trusted=args.trust_checkpoint)
     print(f"wrote {args.dst}: {meta['model']}, {meta['num_classes']} classes, LDA rule {meta['lda_rule']}")
@@ -184,10 +185,8 @@ def _demo(args: argparse.Namespace) -> int:
     from ..tasks.segmentation.train import train
 
     out = Path(args.output_dir)
-    if (out / "checkpoints").exists():
-        raise ValueError(f"{out} already holds a run; remove it or pass --output-dir")
     cfg = _config("seg_demo", [*(QUICK if args.quick else []), *args.overrides, f"train.output_dir={out}"])
-    console = _console()
+    console = make_console()
     train_set, val_set, classes = build_datasets(cfg)
     assert train_set is not None
     bk = cfg["model"]["backbone"]["kwargs"]
@@ -204,7 +203,7 @@ def _demo(args: argparse.Namespace) -> int:
     table = Table(title=f"seg_demo validation set ({m['num_images']} images of 128 x 128), percent")
     for col in ("predictor", "mIoU", "mAcc", "aAcc"):
         table.add_column(col, justify="left" if col == "predictor" else "right")
-    table.add_row(f"UPerNet, {result['iterations']} iterations", *(f"{m[k]:.2f}" for k in ("mIoU", "mAcc", "aAcc")))
+    table.add_row(f"UPerNet, {result['steps']} iterations", *(f"{m[k]:.2f}" for k in ("mIoU", "mAcc", "aAcc")))
     table.add_row(f"trivial: '{baseline['class']}' everywhere", *(f"{b[k]:.2f}" for k in ("mIoU", "mAcc", "aAcc")))
     console.print(result["table"])
     console.print(table)
@@ -213,7 +212,7 @@ def _demo(args: argparse.Namespace) -> int:
         f"pictures: {out}/overlays.png (image | ground truth | prediction), {out}/curves.png"
     )
     summary = {
-        "model": {k: result[k] for k in ("metrics", "per_class", "iterations")},
+        "model": {k: result[k] for k in ("metrics", "per_class", "steps")},
         "baseline": {k: baseline[k] for k in ("class", "metrics")},
         "wall_seconds": round(wall, 1),
         "train_seconds": round(result["train_seconds"], 1),

@@ -7,23 +7,17 @@ import argparse
 from ..configs import resolve_config
 from ..engine import load_config
 from ..tasks.classification.config import DEFAULTS
+from .options import add_train, train_overrides
 
 
 def add_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", default=None, help="YAML file or bundled preset name (e.g. imagenet_crossformer_s)")
-    p.add_argument("--resume", default=None, help="checkpoint directory, or a run directory (its latest checkpoint)")
-    p.add_argument(
-        "--force-resume", action="store_true", help="resume even if the config differs from the checkpoint's"
-    )
-    p.add_argument(
-        "overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. optim.lr=1e-3 data.root=/data"
-    )
+    add_train(p, "optim.lr=1e-3 data.root=/data (presets: imagenet_crossformer_s, fashion_mnist_demo, ...)")
 
 
 def run(args: argparse.Namespace) -> int:
     from ..tasks.classification.train import train
 
-    cfg = load_config(DEFAULTS, resolve_config(args.config), args.overrides)
+    cfg = load_config(DEFAULTS, resolve_config(args.config), train_overrides(args))
     result = train(cfg, resume=args.resume, force_resume=args.force_resume)
     m = result["metrics"]
     if m and result["is_main"]:  # under torchrun only rank 0 reports

@@ -4,24 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["DEFAULTS", "DROP_PATH", "resolved_lr"]
+__all__ = ["DEFAULTS", "PATH_KEYS", "RESUME_MUST_MATCH", "resolved_lr"]
 
-#: Stochastic depth of each variant in the official ImageNet configs.
-DROP_PATH = {
-    "crossformer_t": 0.1,
-    "crossformer_s": 0.2,
-    "crossformer_b": 0.3,
-    "crossformer_l": 0.5,
-    "crossformerpp_s": 0.2,
-    "crossformerpp_b": 0.3,
-    "crossformerpp_l": 0.5,
-    "crossformerpp_h": 0.5,
-}
+#: Config entries that name files or folders: never taken from a model file's stored configuration.
+PATH_KEYS = ("model.pretrained", "data.root", "train.output_dir")
 
 DEFAULTS: dict[str, Any] = {
     "model": {
         "name": "crossformer_s",  # any timm model name: crossformer_*, swin_*, deit_*, vit_*, resnet*
-        "drop_path_rate": None,  # None: the variant's official value (DROP_PATH), else timm's default
+        "drop_path_rate": None,  # None: the model's default (a CrossFormer variant's official value)
         "pretrained": None,  # official .pth, converted .safetensors, or a run directory
         "grad_checkpointing": False,
         "compile": False,
@@ -96,6 +87,21 @@ DEFAULTS: dict[str, Any] = {
         "progress": True,
     },
 }
+
+
+#: Config entries a resumed run must share with its checkpoint (anything else, e.g. sched.epochs, may change).
+RESUME_MUST_MATCH = (
+    "model.",
+    "data.dataset",
+    "data.img_size",
+    "data.batch_transforms",
+    "data.train_limit",
+    "train.batch_size",
+    "train.accum_steps",
+    "train.seed",
+    "aug.",
+    "optim.",
+)
 
 
 def resolved_lr(value: float, cfg: dict[str, Any], world_size: int) -> float:

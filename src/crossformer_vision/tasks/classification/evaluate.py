@@ -1,8 +1,11 @@
-"""Top-1 / top-5 / loss / per-class accuracy over a whole dataset, sharded over processes and reduced."""
+"""Top-1 / top-5 / loss / per-class accuracy of a classifier over a whole dataset (sharded over processes and
+reduced), and ``crossformer eval`` on any checkpoint."""
 
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -11,12 +14,16 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from ...engine.distributed import DistInfo, all_reduce_sum
+from ...engine.config import apply_overrides
+from ...engine.distributed import DistInfo, all_reduce_sum, init_distributed
+from ...engine.loading import load_model
 from ...engine.sampling import EvalShardSampler
 from ...engine.trainer import autocast_context
-from .data import collate_for
+from .config import DEFAULTS, PATH_KEYS
+from .data import build_datasets, collate_for
+from .model import data_config_of, num_classes_of
 
-__all__ = ["evaluate_classifier", "per_class_accuracy"]
+__all__ = ["evaluate_checkpoint", "evaluate_classifier", "per_class_accuracy"]
 
 
 @torch.no_grad()
@@ -91,3 +98,47 @@ def per_class_accuracy(confusion: np.ndarray, classes: list[str]) -> list[dict[s
         }
         for i, name in enumerate(classes)
     ]
+
+
+def evaluate_checkpoint(
+    checkpoint: str | Path,
+    overrides: Sequence[str] = (),
+    model_name: str | None = None,
+    batch_size: int = 128,
+    trusted: bool = False,
+) -> dict[str, Any]:
+    """Top-1 / top-5 / loss / per-class accuracy of a checkpoint on a dataset.
+
+    The dataset is the run's validation data (for runs) unless ``overrides`` say otherwise
+    (``data.dataset=folder data.root=/imagenet data.val_split=val``); preprocessing comes from the run or
+    from the model's pretrained config (resize 256 bicubic, centre crop 224 for ImageNet models). A run is
+    evaluated under its own autocast setting (``train.amp``), which an override can change (``train.amp=bf16``).
+    """
+    # model.kwargs overrides shape an official / converted file's model (a run's own file describes its model)
+    model_kwargs = apply_overrides(DEFAULTS, [o for o in overrides if o.startswith("model.kwargs.")])["model"]["kwargs"]
+    loaded = load_model(checkpoint, "classification", trusted=trusted, model_name=model_name, model_kwargs=model_kwargs)
+    cfg = apply_overrides(loaded.run_config(DEFAULTS, PATH_KEYS), overrides)
+    dist: DistInfo = init_distributed(cfg["train"]["device"])
+    model = loaded.model.to(dist.device)
+    _, val_ds, classes = build_datasets(cfg, data_config_of(loaded), train=False)
+    # an official file carries no class names: its head says how many classes it predicts
+    num_classes = len(loaded.classes) if loaded.classes is not None else num_classes_of(model)
+    if len(classes) != num_classes:
+        raise ValueError(
+            f"the model predicts {num_classes} classes but the dataset has {len(classes)}: evaluate it on data with "
+            "the classes it was trained on (data.root=...)"
+        )
+    # the run's autocast setting (``train.amp=null`` overrides it), so a run evaluates to the metrics it reported
+    metrics, confusion = evaluate_classifier(
+        model, val_ds, num_classes, dist, batch_size, cfg["data"]["workers"], amp=cfg["train"]["amp"]
+    )
+    names = loaded.classes or classes
+    return {
+        "task": "classification",
+        "model": loaded.name,
+        "checkpoint": loaded.source,
+        "classes": list(names),
+        "metrics": metrics,
+        "per_class": per_class_accuracy(confusion[: len(names), : len(names)], list(names)),
+        "is_main": dist.is_main,
+    }

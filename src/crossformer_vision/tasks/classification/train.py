@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -15,40 +13,15 @@ from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
 from torch import nn
 
-from ...engine import (
-    LoopConfig,
-    Trainer,
-    config_diff,
-    init_distributed,
-    load_training_checkpoint,
-    save_config,
-    seed_everything,
-    set_deterministic,
-)
-from ...engine.checkpoint import check_resume_target
-from ...engine.json_safe import strict_json_dumps
+from ...engine.loading import model_metadata
 from ...engine.plots import plot_confusion, plot_curves
-from ...models.io import atomic_save_safetensors
-from .config import DROP_PATH, resolved_lr
+from ...engine.run import loop_config, prepare_run
+from .config import RESUME_MUST_MATCH, resolved_lr
 from .data import build_datasets, collate_for, data_config
 from .evaluate import evaluate_classifier, per_class_accuracy
 from .model import build_classifier
 
-__all__ = ["RESUME_MUST_MATCH", "train"]
-
-#: Config entries a resumed run must share with its checkpoint (anything else, e.g. sched.epochs, may change).
-RESUME_MUST_MATCH = (
-    "model.",
-    "data.dataset",
-    "data.img_size",
-    "data.batch_transforms",
-    "data.train_limit",
-    "train.batch_size",
-    "train.accum_steps",
-    "train.seed",
-    "aug.",
-    "optim.",
-)
+__all__ = ["train"]
 
 
 def _criterion(cfg: dict[str, Any], mixup: Mixup | None) -> nn.Module:
@@ -91,33 +64,18 @@ def _step_fn(mixup: Mixup | None, criterion: nn.Module, device: torch.device, sk
     return step
 
 
-def _check_resume(cfg: dict[str, Any], resume: str | Path, force: bool) -> None:
-    ckpt_cfg = load_training_checkpoint(resume)["config"]
-    diff = config_diff(ckpt_cfg, cfg, RESUME_MUST_MATCH)
-    if diff and not force:
-        raise ValueError(
-            "the run configuration differs from the checkpoint's, so the resumed run would not continue the same "
-            "training:\n  " + "\n  ".join(diff) + "\nUse the checkpoint's values (its config.yaml), or pass "
-            "--force-resume to continue with the new ones."
-        )
-
-
 def train(cfg: dict[str, Any], resume: str | Path | None = None, force_resume: bool = False) -> dict[str, Any]:
-    """Train, evaluate and report; returns the final metrics (every process returns them)."""
+    """Train, evaluate and report; returns the run's results (every process returns them).
+
+    Writes into ``train.output_dir``: ``config.yaml``, ``checkpoints/step-*`` (exact resume), ``metrics.jsonl``,
+    ``best.safetensors`` (best top-1), ``final.safetensors``, ``results.json`` (with per-class accuracy),
+    ``confusion.png`` and ``curves.png``.
+    """
     t = cfg["train"]
-    if t["threads"]:
-        torch.set_num_threads(int(t["threads"]))
-    dist = init_distributed(t["device"])
-    seed_everything(t["seed"])  # the same initial weights on every process
-    if t["deterministic"]:
-        set_deterministic(True, dist.device)
-    run_dir = Path(t["output_dir"])
-    if resume is not None:
-        check_resume_target(run_dir, resume)  # before anything is written into run_dir
-        _check_resume(cfg, resume, force_resume)
-    if dist.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, run_dir / "config.yaml")
+    if t["batch_size"] < 1:
+        raise ValueError(f"train.batch_size must be >= 1, got {t['batch_size']}")
+    run = prepare_run(cfg, "classification", resume=resume, force_resume=force_resume, must_match=RESUME_MUST_MATCH)
+    dist = run.dist
 
     # class names first (they fix the head), then the model, then transforms from its pretrained config
     probe_cfg = data_config(cfg)
@@ -125,8 +83,14 @@ def train(cfg: dict[str, Any], resume: str | Path | None = None, force_resume: b
     model = build_classifier(cfg, num_classes=len(classes)).to(dist.device)
     dcfg = data_config(cfg, getattr(model, "pretrained_cfg", None))
     train_ds, val_ds, classes = build_datasets(cfg, dcfg, train=True)
-    if t["batch_size"] < 1:
-        raise ValueError(f"train.batch_size must be >= 1, got {t['batch_size']}")
+    meta = model_metadata(
+        "classification",
+        cfg["model"]["name"],
+        _architecture_args(cfg),
+        classes,
+        cfg,
+        data_config={k: list(v) if isinstance(v, tuple) else v for k, v in dcfg.items()},
+    )
 
     lr = resolved_lr(cfg["optim"]["lr"], cfg, dist.world_size)
     o = cfg["optim"]
@@ -163,11 +127,10 @@ def train(cfg: dict[str, Any], resume: str | Path | None = None, force_resume: b
         metrics, confusion = evaluate_classifier(
             m, val_ds, len(classes), dist, batch_size=t["batch_size"], workers=cfg["data"]["workers"], amp=t["amp"]
         )
-        last_confusion.setdefault("first", confusion)
         last_confusion["latest"] = confusion
         return metrics
 
-    trainer = Trainer(
+    trainer = run.trainer(
         model=train_model,
         optimizer=optimizer,
         scheduler_fn=scheduler_fn,
@@ -176,80 +139,45 @@ def train(cfg: dict[str, Any], resume: str | Path | None = None, force_resume: b
         global_batch=t["batch_size"] * dist.world_size,
         step_fn=_step_fn(mixup, _criterion(cfg, mixup), dist.device, skipped),
         evaluate_fn=evaluate_fn,
-        dist=dist,
-        run_dir=run_dir,
-        config=cfg,
-        loop=LoopConfig(
-            epochs=s["epochs"],
-            accum_steps=t["accum_steps"],
-            clip_grad=o["clip_grad"],
-            amp=t["amp"],
-            log_every=t["log_every"],
-            eval_every=t["eval_every"],
-            ckpt_every=t["ckpt_every"],
-            keep_last=t["keep_last"],
-            max_steps=t["max_steps"],
-            progress=t["progress"],
-        ),
+        loop=loop_config(cfg),
         ema=ema,
         primary_metric="top1",
-        num_workers=cfg["data"]["workers"],
-        seed=t["seed"],
+        model_meta=meta,
     )
-    start = time.perf_counter()
-    metrics = trainer.fit(resume)
-    elapsed = time.perf_counter() - start
-    if skipped:
-        files = sorted({path for path, _ in skipped})
-        warnings.warn(
-            f"{len(files)} unreadable training image(s) were skipped ({len(skipped)} time(s) in all"
-            f"{' on this process' if dist.distributed else ''}), e.g. {files[0]}: {skipped[0][1]}",
-            stacklevel=2,
-        )
-    result = {
-        "metrics": metrics,
-        "train_seconds": elapsed,
-        "steps": trainer.global_step,
-        "classes": classes,
-        "is_main": dist.is_main,
-    }
+    metrics = run.fit(trainer)
+    if "latest" not in last_confusion:  # resumed a finished run: nothing was trained, evaluate the weights anyway
+        metrics = evaluate_fn(model)
+    files = _warn_skipped(skipped, dist.distributed)
+    confusion = last_confusion["latest"]
+    result = run.finish(
+        model, meta, steps=trainer.global_step, metrics=metrics, skipped=files,
+        per_class=per_class_accuracy(confusion, classes),
+    )  # fmt: skip
     if dist.is_main:
-        _report(run_dir, cfg, model, classes, dcfg, metrics, last_confusion.get("latest"), elapsed)
+        plot_confusion(
+            confusion, classes, run.run_dir / "confusion.png",
+            title=f"{cfg['model']['name']}: top-1 {metrics.get('top1', 0):.2f}%",
+        )  # fmt: skip
+        plot_curves(run.run_dir, run.run_dir / "curves.png", val_keys=("top1", "top5"))
     return result
 
 
-def _report(
-    run_dir: Path,
-    cfg: dict[str, Any],
-    model: nn.Module,
-    classes: list[str],
-    dcfg: dict[str, Any],
-    metrics: dict[str, float],
-    confusion,
-    elapsed: float,
-) -> None:
-    meta = {
-        "format": "crossformer-vision",
-        "task": "classification",
-        "model": cfg["model"]["name"],
-        "model_kwargs": json.dumps(cfg["model"]["kwargs"]),
-        "num_classes": str(len(classes)),
-        "classes": json.dumps(classes),
-        "data_config": json.dumps({k: list(v) if isinstance(v, tuple) else v for k, v in dcfg.items()}),
-    }
-    atomic_save_safetensors(model.state_dict(), run_dir / "final.safetensors", meta)
-    report: dict[str, Any] = {"metrics": metrics, "train_seconds": round(elapsed, 1)}
-    if confusion is not None:
-        report["per_class"] = per_class_accuracy(confusion, classes)
-        plot_confusion(
-            confusion,
-            classes,
-            run_dir / "confusion.png",
-            title=f"{cfg['model']['name']}: top-1 {metrics.get('top1', 0):.2f}%",
-        )
-    (run_dir / "results.json").write_text(strict_json_dumps(report, indent=1))
-    plot_curves(run_dir, run_dir / "curves.png", val_keys=("top1", "top5"))
+def _architecture_args(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The model arguments that shape the network (``model.kwargs``; drop path only changes training)."""
+    return {k: v for k, v in (cfg["model"]["kwargs"] or {}).items() if "drop" not in k}
 
 
-def default_drop_path(name: str) -> float | None:
-    return DROP_PATH.get(name)
+def _warn_skipped(skipped: list[tuple[str, str]], distributed: bool) -> int:
+    """Warn once about unreadable training images (each file with its own reason); returns how many files."""
+    if not skipped:
+        return 0
+    reasons: dict[str, str] = {}
+    for path, reason in skipped:
+        reasons.setdefault(str(path), str(reason))
+    first = sorted(reasons)[0]
+    warnings.warn(
+        f"{len(reasons)} unreadable training image(s) were skipped ({len(skipped)} time(s) in all"
+        f"{' on this process' if distributed else ''}), e.g. {first}: {reasons[first]}",
+        stacklevel=3,
+    )
+    return len(reasons)

@@ -1,6 +1,7 @@
 """Detection and instance segmentation on CrossFormer backbones with torchvision's RetinaNet / Faster R-CNN /
 Mask R-CNN: backbone adapters, builders by name, the paper's recipes, mmdetection weight conversion, COCO evaluation,
-visualisation, and training / evaluation runs (``config``, ``train``, ``evaluate``; imported on use)."""
+visualisation, and runs with the module roles of every task: ``config``, ``data``, ``model`` (builders by name),
+``train``, ``evaluate`` (the COCO loop), ``predict``, ``convert`` (mmdet files)."""
 
 from .backbones import (
     BACKBONE_NAMES,
@@ -13,12 +14,12 @@ from .backbones import (
     build_trunk,
     default_lda_rule,
 )
-from .builders import DETECTOR_TYPES, build_detector, list_detectors, parse_detector_name
 from .coco_eval import COCO_METRIC_NAMES, CocoEvaluator, masks_to_rle, predictions_to_coco
 from .config import DEFAULTS as DETECTION_DEFAULTS
 from .config import build_model as build_detector_from_config
+from .data import COCO_CLASSES, detection_dataset
 from .detectors import FasterRCNNDetector, MaskRCNNDetector, RetinaNetDetector, check_targets
-from .evaluate import COCO_CLASSES, detection_dataset, evaluate_checkpoint, evaluate_detector, load_detector
+from .evaluate import evaluate_checkpoint, evaluate_detector
 from .mm_convert import (
     ZERO_FILLED,
     MMAnchorGenerator,
@@ -33,6 +34,7 @@ from .mm_convert import (
     convert_mmdet_rpn_head,
     mmdet_map_roi_levels,
 )
+from .model import DETECTOR_TYPES, build_detector, list_detectors, parse_detector_name
 from .recipes import MULTI_SCALE_MIN_SIZES, RECIPES, DetectionRecipe, get_recipe
 from .train import train as train_detector
 from .visualize import detection_to_json, draw_detections, load_image, predict, predict_and_save
@@ -83,7 +85,6 @@ __all__ = [
     "get_recipe",
     "inspect_mmdet_checkpoint",
     "list_detectors",
-    "load_detector",
     "load_image",
     "load_mmdet_checkpoint",
     "masks_to_rle",

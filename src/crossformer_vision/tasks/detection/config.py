@@ -1,6 +1,6 @@
 """Detection run configuration and the detector it describes.
 
-The defaults are the paper's COCO 1x recipe (architecture.md §5, the official mmdetection configs): AdamW lr 1e-4 at
+The defaults are the paper's COCO 1x recipe (docs/detection.md; the official mmdetection configs): AdamW lr 1e-4 at
 16 images per step, weight decay 1e-4 on every parameter, no gradient clipping, 12 epochs, lr x0.1 after epochs 8 and
 11, 500 linear warm-up iterations from 0.001 x lr, images resized to shorter side 800 / longer side <= 1333, random
 horizontal flip, images without objects left out of training. ``16 = train.batch_size x processes x
@@ -18,15 +18,16 @@ from typing import Any
 from torch import nn
 
 from ...engine.config import model_arguments_from
-from ..classification.config import DROP_PATH
+from ...models.crossformer import VARIANT_ARGS
 from .recipes import DetectionRecipe
 
 __all__ = [
     "DEFAULTS",
     "DETECTION_DROP_PATH",
+    "PATH_KEYS",
     "RESUME_MUST_MATCH",
+    "architecture",
     "build_model",
-    "model_metadata",
     "recipe_from_config",
     "resolved_lr",
 ]
@@ -34,7 +35,12 @@ __all__ = [
 #: Stochastic depth of the trunks in the official detection configs (CrossFormer: the ImageNet values, e.g. 0.2 for
 #: S and 0.3 for B in ``detection/crossformer_factory.py``; Swin-T / S: 0.2 in Swin's own detection configs, Swin-B:
 #: 0.3 as in the Swin-B (Cascade) Mask R-CNN configs of Swin's detection repo and mmdetection). ResNets have none.
-DETECTION_DROP_PATH: dict[str, float] = {**DROP_PATH, "swin_t": 0.2, "swin_s": 0.2, "swin_b": 0.3}
+DETECTION_DROP_PATH: dict[str, float] = {
+    **{name: args["drop_path_rate"] for name, args in VARIANT_ARGS.items()},
+    "swin_t": 0.2,
+    "swin_s": 0.2,
+    "swin_b": 0.3,
+}
 
 DEFAULTS: dict[str, Any] = {
     "model": {
@@ -128,6 +134,17 @@ RESUME_MUST_MATCH = (
     "train.seed",
 )
 
+#: Config entries that name files or folders: never taken from a model file's stored configuration.
+PATH_KEYS = (
+    "model.backbone_weights",
+    "model.init",
+    "data.images",
+    "data.val_images",
+    "data.train_json",
+    "data.val_json",
+    "train.output_dir",
+)
+
 # model entries that describe the trained network (stored with its weights); the rest says how to initialise it
 _ARCHITECTURE_KEYS = (
     "name",
@@ -182,7 +199,7 @@ def _sizes(min_size: Any) -> list[int]:
     return sizes
 
 
-def model_metadata(model_cfg: Mapping[str, Any]) -> dict[str, Any]:
+def architecture(model_cfg: Mapping[str, Any]) -> dict[str, Any]:
     """The architecture part of a ``model`` config section (what rebuilds the network without its weights)."""
     return {k: copy.deepcopy(model_cfg[k]) for k in _ARCHITECTURE_KEYS if k in model_cfg}
 
@@ -210,7 +227,7 @@ def build_model(model_cfg: Mapping[str, Any], num_classes: int, *, backbone_weig
     from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
     from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 
-    from .builders import build_detector, parse_detector_name
+    from .model import build_detector, parse_detector_name
 
     det, backbone = parse_detector_name(model_cfg["name"])
     trunk_kwargs = dict(model_cfg["kwargs"] or {})

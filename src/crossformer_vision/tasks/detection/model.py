@@ -28,7 +28,16 @@ from .backbones import BACKBONE_NAMES, DetectionBackbone, build_detection_backbo
 from .detectors import FasterRCNNDetector, MaskRCNNDetector, RetinaNetDetector
 from .mm_convert import MMAnchorGenerator, MMMultiScaleRoIAlign
 
-__all__ = ["DETECTOR_TYPES", "build_detector", "list_detectors", "parse_detector_name"]
+__all__ = [
+    "DETECTOR_TYPES",
+    "build_detector",
+    "list_detectors",
+    "load_foreign",
+    "model_from_metadata",
+    "parse_detector_name",
+    "save_detector",
+    "validate_model_args",
+]
 
 DETECTOR_TYPES: tuple[str, ...] = ("retinanet", "fasterrcnn", "maskrcnn")
 
@@ -156,3 +165,116 @@ def build_detector(
         model = cls(backbone, num_classes, **{**kwargs, **detector_kwargs})
     model.detector_name = name
     return model
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Model files (engine.loading)
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def save_detector(
+    model: nn.Module,
+    path: str | os.PathLike,
+    model_cfg: Mapping[str, Any],
+    class_names: Sequence[str],
+    config: Mapping[str, Any] | None = None,
+    source: str = "",
+) -> Any:
+    """Weights plus what rebuilds the detector (the architecture of the ``model`` section, the classes)."""
+    from ...engine.loading import model_metadata, save_model
+    from .config import architecture
+
+    meta = model_metadata("detection", model_cfg["name"], architecture(model_cfg), class_names, config, source=source)
+    return save_model(model, path, meta)
+
+
+def _model_cfg(stored: Mapping[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """The stored architecture with the command line's ``model.*`` test-time overrides (``model.min_size=...``)."""
+    from ...engine.config import apply_overrides
+    from .config import DEFAULTS, architecture
+
+    base = {**architecture(DEFAULTS["model"]), **stored, "backbone_weights": None, "init": None}
+    return apply_overrides({"model": base}, [o for o in overrides if o.startswith("model.")])["model"]
+
+
+def validate_model_args(name: str, args: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """The architecture stored in a file: known keys only, no weights to fetch or read, the trunk's arguments through
+    the allow-list of :mod:`crossformer_vision.models.arguments`, plain numbers for the detector's."""
+    from ...engine.config import merge_config
+    from ...models.arguments import validate_model_arguments
+    from .backbones import TIMM_BACKBONES
+    from .config import DEFAULTS, architecture
+
+    try:
+        section = merge_config(architecture(DEFAULTS["model"]), args, "model")
+        if section["name"] != name:
+            raise ValueError(f"model.name {section['name']!r} differs from the file's model {name!r}")
+        _, backbone = parse_detector_name(name)
+        trunk = TIMM_BACKBONES.get(backbone, backbone)
+        section["kwargs"] = validate_model_arguments(trunk, section["kwargs"] or {})
+        det_kwargs = section["detector"]["kwargs"] or {}
+        if any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in det_kwargs.values()):
+            raise ValueError("model.detector.kwargs must hold numbers")
+    except (ValueError, TypeError) as err:
+        raise ValueError(f"{where}: {err}") from None
+    return section
+
+
+def model_from_metadata(meta: Mapping[str, Any], *, overrides: Sequence[str] = (), **_: Any) -> nn.Module:
+    """The detector a model file describes, without weights (``overrides``: test-time ``model.*`` settings)."""
+    from .config import build_model
+
+    return build_model(_model_cfg(meta["model_args"], overrides), len(meta["classes"]), backbone_weights=False)
+
+
+def load_foreign(path: Any, *, trusted: bool = False, overrides: Sequence[str] = (), **_: Any) -> Any:
+    """An official mmdetection checkpoint (``.pth``); ``extras["report"]`` says what transferred."""
+    import warnings
+    from pathlib import Path
+
+    from ...engine.loading import LoadedModel
+    from ...models.io import read_checkpoint
+    from .data import COCO_CLASSES
+    from .weights import build_detector_from_mmdet, inspect_mmdet_checkpoint
+
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        raise ValueError(
+            f"{path} holds no detector metadata; use a file written by `crossformer det train` / `det convert`, or "
+            "an official mmdet .pth"
+        )
+    container = read_checkpoint(path, trusted)
+    found = inspect_mmdet_checkpoint(container)
+    model_cfg = _model_cfg({"name": f"{found['detector']}_{found['backbone']}", "lda_rule": found["lda_rule"]},
+                           overrides)  # fmt: skip
+    sizes = model_cfg["min_size"]
+    kwargs = dict(
+        min_size=sizes if isinstance(sizes, int) else (sizes[0] if len(sizes) == 1 else tuple(sizes)),
+        max_size=model_cfg["max_size"],
+        mm_compat=model_cfg["mm_compat"],
+        lda_rule=model_cfg["lda_rule"],
+        **(model_cfg["detector"]["kwargs"] or {}),
+    )
+    if model_cfg["lda_rule"] != found["lda_rule"]:
+        warnings.warn(
+            f"model.lda_rule={model_cfg['lda_rule']!r} overrides the rule these weights were trained with "
+            f"({found['lda_rule']!r}); results will differ from the official model",
+            stacklevel=2,
+        )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the lda_rule warning of load_mmdet_checkpoint: given above
+        model, report = build_detector_from_mmdet(container, **kwargs)
+    names = report.class_names or (list(COCO_CLASSES) if found["num_classes"] == 80 else None)
+    if names is None or len(names) != found["num_classes"]:
+        names = [str(i) for i in range(1, found["num_classes"] + 1)]
+    return LoadedModel(
+        model=model.eval(),
+        task="detection",
+        name=model_cfg["name"],
+        classes=list(names),
+        config=None,
+        source=str(path),
+        kind="official",
+        extras={"report": report},
+        model_args=model_cfg,
+    )

@@ -18,9 +18,7 @@ evaluation. A finished run directory holds::
 
 from __future__ import annotations
 
-import time
 import warnings
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -28,31 +26,13 @@ import torch
 from torch import Tensor, nn
 
 from ...data.coco import detection_collate
-from ...engine import (
-    CheckpointManager,
-    LoopConfig,
-    Trainer,
-    config_diff,
-    init_distributed,
-    load_training_checkpoint,
-    save_config,
-    seed_everything,
-    set_deterministic,
-)
-from ...engine.checkpoint import check_resume_target
-from ...engine.json_safe import strict_json_dumps
+from ...engine.loading import load_model, model_metadata
 from ...engine.plots import plot_curves
-from .builders import parse_detector_name
-from .config import RESUME_MUST_MATCH, build_model, recipe_from_config, resolved_lr
-from .evaluate import (
-    detection_dataset,
-    evaluate_detector,
-    iou_types_for,
-    load_detector,
-    metrics_report,
-    save_detector,
-    write_coco_results,
-)
+from ...engine.run import loop_config, prepare_run
+from .config import RESUME_MUST_MATCH, architecture, build_model, recipe_from_config, resolved_lr
+from .data import detection_dataset
+from .evaluate import evaluate_detector, iou_types_for, metrics_report, write_coco_results
+from .model import parse_detector_name
 
 __all__ = ["train"]
 
@@ -73,17 +53,6 @@ def _step_fn(device: torch.device, loss_sums: dict[str, Tensor]):
     return step
 
 
-def _check_resume(cfg: Mapping[str, Any], resume: str | Path, force: bool) -> None:
-    ckpt_cfg = load_training_checkpoint(resume)["config"]
-    diff = config_diff(ckpt_cfg, cfg, RESUME_MUST_MATCH)
-    if diff and not force:
-        raise ValueError(
-            "the run configuration differs from the checkpoint's, so the resumed run would not continue the same "
-            "training:\n  " + "\n  ".join(diff) + "\nUse the checkpoint's values (its config.yaml), or pass "
-            "--force-resume to continue with the new ones."
-        )
-
-
 def _load_init(model: nn.Module, init: str, log) -> None:
     """Start from whole-detector weights: an official mmdet checkpoint, or a ``det train`` run / file. Entries whose
     shape differs (another class count) keep their initialisation."""
@@ -95,7 +64,7 @@ def _load_init(model: nn.Module, init: str, log) -> None:
         report = load_mmdet_checkpoint(model, read_checkpoint(path), strict=False)
         log(f"model.init {path}:\n{report}")
         return
-    source, _ = load_detector(path)
+    source = load_model(path, "detection").model
     own = model.state_dict()
     state = {k: v for k, v in source.state_dict().items() if k in own and v.shape == own[k].shape}
     skipped = sorted(set(own) - set(state))
@@ -104,33 +73,12 @@ def _load_init(model: nn.Module, init: str, log) -> None:
 
 
 def train(cfg: dict[str, Any], resume: str | Path | None = None, force_resume: bool = False) -> dict[str, Any]:
-    """Train, evaluate and report; returns ``{"metrics", "train_seconds", "steps", "class_names", "run_dir",
-    "per_class_AP"}`` (every process returns them)."""
+    """Train, evaluate and report; returns the run's results with ``per_class_AP`` (every process returns them)."""
     t, m = cfg["train"], cfg["model"]
-    if t["threads"]:
-        torch.set_num_threads(int(t["threads"]))
-    dist = init_distributed(t["device"])
-    seed_everything(t["seed"])  # the same initial weights on every process
-    if t["deterministic"]:
-        set_deterministic(True, dist.device)
     if t["batch_size"] < 1:
         raise ValueError(f"train.batch_size must be >= 1, got {t['batch_size']}")
-    run_dir = Path(t["output_dir"])
-    if resume is not None:
-        check_resume_target(run_dir, resume)  # before anything is written into run_dir
-        _check_resume(cfg, resume, force_resume)
-    elif CheckpointManager(run_dir / "checkpoints").latest() is not None:  # before its config.yaml is overwritten
-        raise ValueError(
-            f"{run_dir} already holds a run; resume it with --resume {run_dir}, or choose another output directory "
-            "(train.output_dir=...)"
-        )
-    if dist.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, run_dir / "config.yaml")
-
-    def log(message: str) -> None:
-        if dist.is_main:
-            print(message, flush=True)
+    run = prepare_run(cfg, "detection", resume=resume, force_resume=force_resume, must_match=RESUME_MUST_MATCH)
+    dist, log = run.dist, run.log
 
     det, _ = parse_detector_name(m["name"])
     masks = cfg["data"]["masks"] if cfg["data"]["masks"] is not None else det == "maskrcnn"
@@ -157,6 +105,7 @@ def train(cfg: dict[str, Any], resume: str | Path | None = None, force_resume: b
             stacklevel=2,
         )
     model.to(dist.device)
+    meta = model_metadata("detection", m["name"], architecture(m), classes, cfg)
 
     lr = resolved_lr(cfg, dist.world_size)
     o = cfg["optim"]
@@ -196,7 +145,7 @@ def train(cfg: dict[str, Any], resume: str | Path | None = None, force_resume: b
         return metrics
 
     global_batch = t["batch_size"] * dist.world_size
-    trainer = Trainer(
+    trainer = run.trainer(
         model=model,
         optimizer=optimizer,
         scheduler_fn=scheduler_fn,
@@ -205,50 +154,30 @@ def train(cfg: dict[str, Any], resume: str | Path | None = None, force_resume: b
         global_batch=global_batch,
         step_fn=_step_fn(dist.device, loss_sums),
         evaluate_fn=evaluate_fn,
-        dist=dist,
-        run_dir=run_dir,
-        config=cfg,
-        loop=LoopConfig(
-            epochs=cfg["sched"]["epochs"],
-            accum_steps=t["accum_steps"],
-            clip_grad=o["clip_grad"],
-            amp=t["amp"],
-            log_every=t["log_every"],
-            eval_every=t["eval_every"],
-            ckpt_every=t["ckpt_every"],
-            keep_last=t["keep_last"],
-            max_steps=t["max_steps"],
-            progress=t["progress"],
-        ),
+        loop=loop_config(cfg),
         primary_metric="bbox/AP",
-        num_workers=cfg["data"]["workers"],
-        seed=t["seed"],
+        model_meta=meta,
     )
     log(
         f"{m['name']}: {sum(p.numel() for p in model.parameters()) / 1e6:.1f} M parameters, {len(classes)} classes, "
         f"{len(train_ds)} training / {len(val_ds)} validation images, {trainer.steps_per_epoch} steps per epoch of "
         f"{global_batch * t['accum_steps']} images, lr {lr:.3g}"
     )
-    start = time.perf_counter()
-    metrics = trainer.fit(resume)
-    elapsed = time.perf_counter() - start
-    result: dict[str, Any] = {
-        "metrics": metrics,
-        "train_seconds": elapsed,
-        "steps": trainer.global_step,
-        "class_names": classes,
-        "run_dir": str(run_dir),
-        "per_class_AP": {},
-    }
-    if last_eval:
-        result["per_class_AP"] = metrics_report(last_eval["metrics"], last_eval["evaluator"])["per_class_AP"]
+    metrics = run.fit(trainer)
+    if not last_eval:  # resumed a finished run: nothing was trained, evaluate the weights anyway
+        metrics = evaluate_fn(model)
+    report = metrics_report(last_eval["metrics"], last_eval["evaluator"])
+    skipped = sum(v for k, v in train_ds.stats.items() if k not in ("empty_images_skipped", "crowd_ignored"))
+    result = run.finish(
+        model,
+        meta,
+        steps=trainer.global_step,
+        metrics={k: round(v, 4) for k, v in metrics.items()},
+        skipped=skipped,
+        coco_stats=report["coco_stats"],
+        per_class_AP=report["per_class_AP"],
+    )
     if dist.is_main:
-        save_detector(model, run_dir / "final.safetensors", m, classes, source="crossformer det train")
-        report: dict[str, Any] = {"train_seconds": round(elapsed, 1), "steps": trainer.global_step}
-        if last_eval:
-            report.update(metrics_report(last_eval["metrics"], last_eval["evaluator"]))
-            report["metrics"] = {k: round(v, 4) for k, v in metrics.items()}
-            write_coco_results(last_eval["evaluator"], last_eval["merged"], run_dir)
-        (run_dir / "results.json").write_text(strict_json_dumps(report, indent=1))
-        plot_curves(run_dir, run_dir / "curves.png", val_keys=tuple(f"{k}/AP" for k in iou_types))
+        write_coco_results(last_eval["evaluator"], last_eval["merged"], run.run_dir)
+        plot_curves(run.run_dir, run.run_dir / "curves.png", val_keys=tuple(f"{k}/AP" for k in iou_types))
     return result

@@ -20,7 +20,6 @@ from torchvision.models.detection import FasterRCNN, MaskRCNN, RetinaNet
 
 from ...models import CrossFormerBackbone, detect_variant, load_official_state_dict
 from ...models._keys import extract_backbone_state_dict, unwrap_state_dict
-from .builders import build_detector
 from .mm_convert import (
     ZERO_FILLED,
     convert_mmdet_bbox_head,
@@ -29,6 +28,7 @@ from .mm_convert import (
     convert_mmdet_retinanet,
     convert_mmdet_rpn_head,
 )
+from .model import build_detector
 
 __all__ = ["TransferReport", "build_detector_from_mmdet", "inspect_mmdet_checkpoint", "load_mmdet_checkpoint"]
 

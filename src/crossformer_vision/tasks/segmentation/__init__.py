@@ -3,18 +3,22 @@
 * :func:`build_segmentor` (``upernet_crossformer_s``, ``semfpn_crossformerpp_b``, ``upernet_swin_t``, ...) gives a
   :class:`Segmentor` whose ``forward(images, targets)`` returns losses in train mode and logits in eval mode;
 * :func:`load_mmseg_checkpoint` builds and loads one from an official mmseg checkpoint;
-* :func:`inference` / :func:`predict`: whole / sliding-window, multi-scale and flip testing;
+* :func:`inference` / :func:`predict` (:mod:`.tta`): whole / sliding-window, multi-scale and flip testing;
 * :class:`SegmentationMetric`: dataset-level mIoU / mAcc / aAcc (distributed-ready);
 * :func:`save_overlays`: prediction vs ground-truth pictures;
-* training and evaluation runs (``crossformer seg train / eval / predict / convert / demo``):
-  :mod:`.config` (recipes as config defaults and presets), :mod:`.train` (:func:`~.train.train`) and :mod:`.evaluate`
-  (:func:`~.evaluate.evaluate_segmentor`, :func:`~.evaluate.load_segmentor`, ...), imported on use.
+* runs (``crossformer seg train / eval / predict / convert / demo``), with the module roles of every task:
+  :mod:`.config` (defaults, presets, build from config), :mod:`.model` (builders by name), :mod:`.train`,
+  :mod:`.evaluate` (the evaluation loop), :mod:`.predict` (files in, PNGs out), :mod:`.convert` (mmseg files);
+  imported on use. Models are opened by :func:`crossformer_vision.engine.loading.load_model`.
 """
 
 from .backbones import TIMM_ALIASES, TimmBackbone, build_backbone, build_crossformer_backbone, default_lda_rule
 from .convert import describe_mmseg_state_dict, load_mmseg_checkpoint, segmentor_from_mmseg
-from .heads import FPN, ConvModule, FCNHead, FPNHead, UPerHead, Upsample, resize_logits
-from .inference import (
+from .heads import ConvModule, FCNHead, FPNHead, UPerHead, Upsample, resize_logits
+from .metrics import SegmentationMetric, intersect_and_union, summarize_areas
+from .model import Segmentor, build_segmentor, list_segmentors, segmentation_loss, semantic_fpn, upernet
+from .necks import FPN, MultiLevelNeck
+from .tta import (
     ADE20K_TEST_SCALE,
     MS_RATIOS,
     inference,
@@ -23,9 +27,6 @@ from .inference import (
     slide_inference,
     whole_inference,
 )
-from .metrics import SegmentationMetric, intersect_and_union, summarize_areas
-from .model import Segmentor, build_segmentor, list_segmentors, segmentation_loss, semantic_fpn, upernet
-from .necks import MultiLevelNeck
 from .visualize import colorize, make_palette, save_overlays
 
 __all__ = [

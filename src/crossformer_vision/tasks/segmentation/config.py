@@ -1,4 +1,4 @@
-"""Segmentation run configuration: the defaults are the official ADE20K UPerNet recipe (architecture.md §5).
+"""Segmentation run configuration: the defaults are the official ADE20K UPerNet recipe (docs/segmentation.md, "Recipe").
 
 The bundled presets (``crossformer seg train --config NAME``) only state what differs from these defaults:
 ``ade20k_upernet_<variant>`` (160k iterations), ``ade20k_semfpn_<variant>`` (Semantic FPN, 80k iterations) and
@@ -29,6 +29,7 @@ __all__ = [
     "DATASETS",
     "DEFAULTS",
     "NORMS",
+    "PATH_KEYS",
     "RESUME_MUST_MATCH",
     "InferenceSettings",
     "build_dataset",
@@ -61,6 +62,15 @@ RESUME_MUST_MATCH = (
     "train.global_batch_size",
     "train.accum_steps",
     "train.seed",
+)
+
+#: Config entries that name files or folders (or fetch weights): never taken from a model file's stored configuration.
+PATH_KEYS = (
+    "model.backbone.weights",
+    "model.backbone.pretrained",
+    "data.root",
+    "data.classes",
+    "train.output_dir",
 )
 
 DEFAULTS: dict[str, Any] = {

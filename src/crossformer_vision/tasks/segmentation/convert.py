@@ -4,6 +4,7 @@ Everything is read from the tensors: the backbone variant (:func:`crossformer_vi
 Semantic FPN, head widths, number of classes, the auxiliary head's input width. Nothing of mmcv / mmseg is needed::
 
     model = load_mmseg_checkpoint("upernet_crossformer_s_ade20k.pth")   # eval mode, weights loaded
+    convert_mmseg("upernet_crossformer_s_ade20k.pth", "upernet_s.safetensors")   # ``crossformer seg convert``
 
 **LDA rule.** The released CrossFormer v1 (T/S/B/L) segmentation weights were trained with the v1 dense code
 (``lda_rule="fixed_interval"``), CrossFormer++ ones with the main-branch code (``"fixed_group"``); the rule is chosen
@@ -19,21 +20,35 @@ warning** and the model is fully usable for inference and fine-tuning of the dec
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import warnings
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from ...models import VARIANT_ARGS, CrossFormerBackbone, detect_variant, infer_architecture
 from ...models._keys import DERIVED_BUFFER_SUFFIXES
+from ...models.io import atomic_save_safetensors
 from .backbones import DENSE_GROUP_SIZE, DENSE_INTERVAL
-from .heads import FPN, FCNHead, FPNHead, UPerHead
+from .heads import FCNHead, FPNHead, UPerHead
 from .model import Segmentor
+from .necks import FPN
 
-__all__ = ["AUX_POLICIES", "describe_mmseg_state_dict", "load_mmseg_checkpoint", "segmentor_from_mmseg"]
+__all__ = [
+    "AUX_POLICIES",
+    "MMSEG_KIND",
+    "convert_mmseg",
+    "describe_mmseg_state_dict",
+    "load_mmseg_checkpoint",
+    "segmentor_from_mmseg",
+]
+
+#: ``safetensors`` metadata ``kind`` of a converted mmseg checkpoint (mmseg's key layout).
+MMSEG_KIND = "mmseg"
 
 AUX_POLICIES = ("auto", "strict", "drop")
 _COMPONENTS = ("backbone", "neck", "decode_head", "auxiliary_head")
@@ -323,3 +338,32 @@ def load_mmseg_checkpoint(
     from ...models.io import read_checkpoint
 
     return segmentor_from_mmseg(read_checkpoint(path, trusted=trusted), lda_rule=lda_rule, aux=aux, **kwargs)
+
+
+def convert_mmseg(
+    src: str | os.PathLike, dst: str | os.PathLike, *, lda_rule: str | None = None, trusted: bool = False
+) -> dict[str, str]:
+    """An official mmseg checkpoint -> a safetensors file that ``crossformer seg eval / predict`` load.
+
+    The model is built and loaded first (every key checked), so a file that is written also loads. Keys keep the
+    mmseg layout; the metadata records the model, the LDA rule, the class names and palette.
+
+    Returns:
+        The metadata written.
+    """
+    model = load_mmseg_checkpoint(src, lda_rule=lda_rule, trusted=trusted)
+    meta = {
+        "format": "crossformer-vision",
+        "task": "segmentation",
+        "kind": MMSEG_KIND,
+        "model": model.name,
+        "lda_rule": model.lda_rule,
+        "num_classes": str(model.num_classes),
+        "source": Path(src).name,
+    }
+    if model.class_names is not None:  # no entry when the checkpoint has no class names (never "null")
+        meta["classes"] = json.dumps(model.class_names)
+    if model.palette:
+        meta["palette"] = json.dumps([list(c) for c in model.palette])
+    atomic_save_safetensors(model.state_dict(), dst, meta)
+    return meta

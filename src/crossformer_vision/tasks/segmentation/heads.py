@@ -19,10 +19,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["FPN", "ConvModule", "FCNHead", "FPNHead", "UPerHead", "Upsample", "resize_logits"]
+__all__ = ["ConvModule", "FCNHead", "FPNHead", "UPerHead", "Upsample", "resize_logits"]
 
 _NORM_LAYERS: dict[str, type[nn.Module]] = {"bn": nn.BatchNorm2d, "syncbn": nn.SyncBatchNorm}
-_EXTRA_CONV_SOURCES = ("on_input", "on_lateral", "on_output")
 
 
 def _resize(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
@@ -49,7 +48,7 @@ def resize_logits(logits: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     return _resize(logits, size)
 
 
-def _check_positive(name: str, value: int) -> None:
+def check_positive(name: str, value: int) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise ValueError(f"{name} must be a positive int, got {value!r}")
 
@@ -137,7 +136,7 @@ class Upsample(nn.Module):
         return f"scale_factor={self.scale_factor}"
 
 
-def _select_inputs(
+def select_inputs(
     inputs: Sequence[torch.Tensor], in_index: Sequence[int], in_channels: Sequence[int], owner: str
 ) -> list[torch.Tensor]:
     """Pick ``inputs[i]`` for each ``i`` in ``in_index`` and check that it is ``[B, in_channels[k], H, W]``."""
@@ -178,10 +177,10 @@ class _DecodeHead(nn.Module):
     ):
         super().__init__()
         name = type(self).__name__
-        _check_positive(f"{name} channels", channels)
-        _check_positive(f"{name} num_classes", num_classes)
+        check_positive(f"{name} channels", channels)
+        check_positive(f"{name} num_classes", num_classes)
         for c in in_channels:
-            _check_positive(f"{name} in_channels entries", c)
+            check_positive(f"{name} in_channels entries", c)
         if len(in_index) != len(in_channels):
             raise ValueError(
                 f"{name}: in_index {list(in_index)} has {len(in_index)} entries but in_channels {list(in_channels)} "
@@ -196,7 +195,7 @@ class _DecodeHead(nn.Module):
         self.dropout = nn.Dropout2d(dropout_ratio) if dropout_ratio > 0 else None
 
     def _inputs(self, inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-        return _select_inputs(inputs, *self._levels, owner=type(self).__name__)
+        return select_inputs(inputs, *self._levels, owner=type(self).__name__)
 
     def forward_features(self, inputs: Sequence[torch.Tensor]) -> torch.Tensor:
         raise NotImplementedError
@@ -254,7 +253,7 @@ class UPerHead(_DecodeHead):
         if not pool_scales:
             raise ValueError("UPerHead: pool_scales must not be empty (the official value is (1, 2, 3, 6))")
         for scale in pool_scales:
-            _check_positive("UPerHead pool_scales entries", scale)
+            check_positive("UPerHead pool_scales entries", scale)
         self.pool_scales = tuple(pool_scales)
         top = in_channels[-1]
         self.psp_modules = nn.ModuleList(
@@ -330,8 +329,8 @@ class FCNHead(_DecodeHead):
         super().__init__([in_channels], channels, num_classes, dropout_ratio, [in_index])
         if num_convs < 0:
             raise ValueError(f"FCNHead: num_convs must be >= 0, got {num_convs}")
-        _check_positive("FCNHead kernel_size", kernel_size)
-        _check_positive("FCNHead dilation", dilation)
+        check_positive("FCNHead kernel_size", kernel_size)
+        check_positive("FCNHead dilation", dilation)
         self.in_index = in_index
         if num_convs == 0:
             if in_channels != channels:
@@ -368,109 +367,6 @@ class FCNHead(_DecodeHead):
         if self.conv_cat is not None:
             feats = self.conv_cat(torch.cat([x, feats], dim=1))
         return feats
-
-
-class FPN(nn.Module):
-    """Feature Pyramid Network neck (mmseg / mmdet ``FPN``, no norm, no activation).
-
-    ``lateral_convs.{i}`` (1x1 + bias) on levels ``start_level...``. A top-down path adds each coarser lateral,
-    resized with PyTorch's legacy ``nearest`` to the finer level's size. Then ``fpn_convs.{i}`` (3x3 + bias). When
-    ``num_outs`` exceeds the used levels, extra outputs come from stride-2 max pooling (``add_extra_convs=False``,
-    Semantic FPN / Mask R-CNN) or from extra 3x3 stride-2 ``fpn_convs`` applied to the raw last input
-    (``"on_input"``, RetinaNet), the last lateral (``"on_lateral"``) or the last output (``"on_output"``).
-
-    Args:
-        in_channels: Channels of every input level, including levels below ``start_level``.
-        out_channels: Channels of every output.
-        num_outs: Number of outputs (at least ``len(in_channels) - start_level``).
-        start_level: First input level used. Earlier levels are passed in but ignored.
-        add_extra_convs: ``False`` or one of ``"on_input"``, ``"on_lateral"``, ``"on_output"``. ``True`` is
-            rejected because mmseg reads it as ``"on_output"`` and mmdet as ``"on_input"``.
-        relu_before_extra_convs: Apply ReLU before the second and later extra convs.
-    """
-
-    def __init__(
-        self,
-        in_channels: Sequence[int],
-        out_channels: int,
-        num_outs: int,
-        *,
-        start_level: int = 0,
-        add_extra_convs: bool | str = False,
-        relu_before_extra_convs: bool = False,
-    ):
-        super().__init__()
-        in_channels = list(in_channels)
-        _check_positive("FPN out_channels", out_channels)
-        for c in in_channels:
-            _check_positive("FPN in_channels entries", c)
-        if not 0 <= start_level < len(in_channels):
-            raise ValueError(f"FPN start_level must index in_channels {in_channels}, got {start_level}")
-        num_used = len(in_channels) - start_level
-        if not isinstance(num_outs, int) or num_outs < num_used:
-            raise ValueError(
-                f"FPN num_outs must be an int >= the {num_used} used input levels "
-                f"(in_channels {in_channels}, start_level {start_level}), got {num_outs!r}"
-            )
-        if add_extra_convs is True:
-            raise ValueError(
-                "FPN add_extra_convs=True is ambiguous (mmseg reads it as 'on_output', mmdet as 'on_input'); "
-                f"pass one of {_EXTRA_CONV_SOURCES} or False"
-            )
-        if add_extra_convs is not False and add_extra_convs not in _EXTRA_CONV_SOURCES:
-            raise ValueError(
-                f"FPN add_extra_convs must be False or one of {_EXTRA_CONV_SOURCES}, got {add_extra_convs!r}"
-            )
-        self.in_channels = in_channels
-        self.out_channels = out_channels
-        self.num_outs = num_outs
-        self.start_level = start_level
-        self.add_extra_convs = add_extra_convs
-        self.relu_before_extra_convs = relu_before_extra_convs
-
-        def conv(cin: int, kernel_size: int, stride: int = 1) -> ConvModule:
-            return ConvModule(
-                cin, out_channels, kernel_size, stride=stride, padding=kernel_size // 2, norm=None, act=False
-            )
-
-        self.lateral_convs = nn.ModuleList(conv(c, 1) for c in in_channels[start_level:])
-        self.fpn_convs = nn.ModuleList(conv(out_channels, 3) for _ in range(num_used))
-        if add_extra_convs:
-            for i in range(num_outs - num_used):
-                cin = in_channels[-1] if i == 0 and add_extra_convs == "on_input" else out_channels
-                self.fpn_convs.append(conv(cin, 3, stride=2))
-
-    def forward(self, inputs: Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:
-        """``len(in_channels)`` maps ``[B, in_channels[i], H_i, W_i]`` -> ``num_outs`` maps ``[B, out_channels, h, w]``.
-
-        Outputs are ordered finest first: one per used input level at that level's size, then the extra levels, each
-        of stride 2 relative to the previous one.
-        """
-        if isinstance(inputs, torch.Tensor) or len(inputs) != len(self.in_channels):
-            got = "a single tensor" if isinstance(inputs, torch.Tensor) else f"{len(inputs)} feature maps"
-            raise ValueError(
-                f"FPN expects {len(self.in_channels)} feature maps (in_channels {self.in_channels}), got {got}"
-            )
-        inputs = _select_inputs(inputs, range(len(inputs)), self.in_channels, owner="FPN")
-        used = inputs[self.start_level :]
-        laterals = [conv(x) for conv, x in zip(self.lateral_convs, used)]
-        for i in range(len(laterals) - 1, 0, -1):
-            # Legacy 'nearest' (src = floor(dst * in / out)) is what the checkpoints were trained with.
-            laterals[i - 1] = laterals[i - 1] + F.interpolate(
-                laterals[i], size=laterals[i - 1].shape[2:], mode="nearest"
-            )
-        outs = [conv(lateral) for conv, lateral in zip(self.fpn_convs, laterals)]
-        num_used = len(outs)
-        if self.num_outs > num_used and not self.add_extra_convs:
-            for _ in range(self.num_outs - num_used):
-                outs.append(F.max_pool2d(outs[-1], 1, stride=2))
-        elif self.num_outs > num_used:
-            source = {"on_input": inputs[-1], "on_lateral": laterals[-1], "on_output": outs[-1]}[self.add_extra_convs]
-            outs.append(self.fpn_convs[num_used](source))
-            for i in range(num_used + 1, self.num_outs):
-                x = F.relu(outs[-1]) if self.relu_before_extra_convs else outs[-1]
-                outs.append(self.fpn_convs[i](x))
-        return tuple(outs)
 
 
 class FPNHead(_DecodeHead):
@@ -511,7 +407,7 @@ class FPNHead(_DecodeHead):
                 f"({len(in_channels)})"
             )
         for stride in feature_strides:
-            _check_positive("FPNHead feature_strides entries", stride)
+            check_positive("FPNHead feature_strides entries", stride)
         if min(feature_strides) != feature_strides[0]:
             raise ValueError(f"FPNHead: the first feature stride must be the smallest, got {feature_strides}")
         self.feature_strides = feature_strides

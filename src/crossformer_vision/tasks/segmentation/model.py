@@ -11,7 +11,7 @@ official mmseg checkpoint of a CrossFormer model loads key for key (see :mod:`.c
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -19,8 +19,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .backbones import TIMM_ALIASES, TimmBackbone, build_backbone, is_crossformer
-from .heads import FPN, FCNHead, FPNHead, UPerHead
-from .necks import MultiLevelNeck
+from .heads import FCNHead, FPNHead, UPerHead
+from .necks import FPN, MultiLevelNeck
 
 __all__ = [
     "HEAD_TYPES",
@@ -28,9 +28,13 @@ __all__ = [
     "Segmentor",
     "build_segmentor",
     "list_segmentors",
+    "load_foreign",
+    "model_from_metadata",
+    "palette_of",
     "segmentation_loss",
     "semantic_fpn",
     "upernet",
+    "validate_model_args",
 ]
 
 IGNORE_INDEX = 255
@@ -374,3 +378,108 @@ def build_segmentor(
     model.backbone_name = backbone_name
     model.is_crossformer = is_crossformer(backbone_name)
     return model
+
+
+# ---------------------------------------------------------------------- model files (engine.loading)
+def validate_model_args(name: str, args: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """The ``model`` config section stored in a file: known keys only (refused otherwise), no weights to fetch or
+    read, the backbone arguments through the allow-list of :mod:`crossformer_vision.models.arguments`."""
+    from ...engine.config import merge_config
+    from ...models.arguments import validate_model_arguments
+    from .config import DEFAULTS
+
+    try:
+        section = merge_config(DEFAULTS["model"], args, "model")
+        if section["name"] != name:
+            raise ValueError(f"model.name {section['name']!r} differs from the file's model {name!r}")
+        head, _, backbone = name.partition("_")
+        if head not in HEAD_TYPES or not backbone:
+            raise ValueError(f"{name!r} is not a segmentor name ('<upernet|semfpn>_<backbone>')")
+        from .backbones import resolve_timm_name
+
+        timm_name = backbone if is_crossformer(backbone) else resolve_timm_name(backbone)[0]
+        b = section["backbone"]
+        b["kwargs"] = validate_model_arguments(timm_name, b["kwargs"] or {})
+        b["weights"], b["pretrained"] = None, False
+        if not isinstance(section["kwargs"], dict) or any(
+            not isinstance(v, (int, float, bool, str, list, type(None))) for v in section["kwargs"].values()
+        ):
+            raise ValueError("model.kwargs must hold plain values")
+    except (ValueError, TypeError) as err:
+        raise ValueError(f"{where}: {err}") from None
+    return section
+
+
+def model_from_metadata(meta: Mapping[str, Any], *, lda_rule: str | None = None, **_: Any) -> Segmentor:
+    """The segmentor a model file describes, without weights. A trained model keeps the LDA rule it was trained
+    with: another ``lda_rule`` is refused, not silently ignored."""
+    from .config import build_model
+
+    classes = meta["classes"]
+    palette = meta.get("palette")
+    palette = _palette(palette, len(classes)) if palette is not None else None
+    model = build_model({"model": meta["model_args"]}, len(classes), class_names=classes, palette=palette,
+                        load_backbone_weights=False)  # fmt: skip
+    own = getattr(model, "lda_rule", None) or meta["model_args"]["backbone"].get("lda_rule")
+    if lda_rule is not None and lda_rule != own:
+        raise ValueError(
+            f"--lda-rule {lda_rule} applies to official mmseg checkpoints; this is a trained run whose model uses "
+            + (f"the rule it was trained with ({own})" if own else "a backbone without LDA")
+            + ": leave --lda-rule out"
+        )
+    return model
+
+
+def _palette(value: Any, num_classes: int) -> list[tuple[int, int, int]] | None:
+    import json
+
+    if isinstance(value, str):
+        value = json.loads(value)
+    if not isinstance(value, list) or len(value) != num_classes:
+        return None
+    if not all(isinstance(c, list) and len(c) == 3 and all(isinstance(v, int) and 0 <= v < 256 for v in c)
+               for c in value):  # fmt: skip
+        return None
+    return [tuple(c) for c in value]
+
+
+def palette_of(model: Segmentor) -> Any:
+    """``[K, 3]`` uint8 colours of ``model``: its own palette, else a fixed random one."""
+    import numpy as np
+
+    from .visualize import make_palette
+
+    return np.asarray(model.palette if model.palette else make_palette(model.num_classes), dtype=np.uint8)
+
+
+def load_foreign(path: Any, *, trusted: bool = False, lda_rule: str | None = None, **_: Any) -> Any:
+    """An official mmseg checkpoint (``.pth``) or a ``crossformer seg convert`` file (mmseg layout)."""
+    from pathlib import Path
+
+    from ...engine.loading import LoadedModel
+    from ...models.io import read_safetensors_header
+    from .convert import load_mmseg_checkpoint
+
+    path = Path(path)
+    meta = read_safetensors_header(path)[0] if path.suffix == ".safetensors" else {}
+    model = load_mmseg_checkpoint(path, lda_rule=lda_rule or meta.get("lda_rule") or None, trusted=trusted)
+    import json
+
+    try:
+        names = json.loads(meta["classes"]) if meta.get("classes") else None
+    except ValueError:
+        names = None
+    if isinstance(names, list) and len(names) == model.num_classes and all(isinstance(n, str) for n in names):
+        model.class_names = names
+    palette = _palette(meta.get("palette"), model.num_classes) if meta.get("palette") else None
+    if palette:
+        model.palette = palette
+    return LoadedModel(
+        model=model.eval(),
+        task="segmentation",
+        name=getattr(model, "name", type(model).__name__),
+        classes=model.class_names,
+        config=None,
+        source=str(path),
+        kind="converted" if path.suffix == ".safetensors" else "official",
+    )

@@ -9,37 +9,23 @@ runs every ``eval.every`` iterations and at the end.
 
 from __future__ import annotations
 
-import json
 import math
-import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
 from ...data.segmentation import collate
-from ...engine import (
-    LoopConfig,
-    Trainer,
-    config_diff,
-    init_distributed,
-    load_training_checkpoint,
-    save_config,
-    seed_everything,
-    set_deterministic,
-)
-from ...engine.checkpoint import check_resume_target
-from ...engine.json_safe import strict_json_dumps
+from ...engine.loading import model_metadata
 from ...engine.plots import plot_curves
-from ...models.io import atomic_save_safetensors
+from ...engine.run import loop_config, prepare_run
 from .config import RESUME_MUST_MATCH, build_datasets, build_model, inference_settings
-from .evaluate import RUN_KIND, evaluate_segmentor
-from .model import Segmentor
-from .visualize import make_palette, save_overlays
+from .evaluate import evaluate_segmentor
+from .model import Segmentor, palette_of
+from .visualize import save_overlays
 
 __all__ = ["build_optimizer", "param_groups", "poly_warmup_factor", "train"]
 
@@ -96,17 +82,6 @@ def build_optimizer(model: Segmentor, cfg: dict[str, Any], device: torch.device)
     )
 
 
-def _check_resume(cfg: dict[str, Any], resume: str | Path, force: bool) -> None:
-    ckpt_cfg = load_training_checkpoint(resume)["config"]
-    diff = config_diff(ckpt_cfg, cfg, RESUME_MUST_MATCH)
-    if diff and not force:
-        raise ValueError(
-            "the run configuration differs from the checkpoint's, so the resumed run would not continue the same "
-            "training:\n  " + "\n  ".join(diff) + "\nUse the checkpoint's values (its config.yaml), or pass "
-            "--force-resume to continue with the new ones."
-        )
-
-
 def _micro_batch(cfg: dict[str, Any], world_size: int) -> int:
     t = cfg["train"]
     total, accum = t["global_batch_size"], t["accum_steps"]
@@ -138,33 +113,24 @@ def _broadcast_buffers(model: nn.Module) -> None:
 
 
 def train(cfg: dict[str, Any], resume: str | Path | None = None, force_resume: bool = False) -> dict[str, Any]:
-    """Train, evaluate and report; returns the final metrics (every process returns them).
+    """Train, evaluate and report; returns the run's results (every process returns them).
 
-    Writes into ``train.output_dir``: ``config.yaml``, ``classes.json``, ``checkpoints/step-*`` (exact resume),
-    ``metrics.jsonl``, ``best.safetensors`` (best mIoU), ``final.safetensors`` (weights + metadata to rebuild the
-    model), ``results.json``, ``per_class.txt``, ``curves.png`` and ``overlays.png``.
+    Writes into ``train.output_dir``: ``config.yaml``, ``checkpoints/step-*`` (exact resume), ``metrics.jsonl``,
+    ``best.safetensors`` (best mIoU), ``final.safetensors`` (weights + metadata to rebuild the model),
+    ``results.json``, ``per_class.txt``, ``curves.png`` and ``overlays.png``.
     """
     t, s, e = cfg["train"], cfg["sched"], cfg["eval"]
-    if t["threads"]:
-        torch.set_num_threads(int(t["threads"]))
-    dist = init_distributed(t["device"])
-    seed_everything(t["seed"])  # the same initial weights on every process
-    if t["deterministic"]:
-        set_deterministic(True, dist.device)
-    run_dir = Path(t["output_dir"])
-    if resume is not None:
-        check_resume_target(run_dir, resume)  # before anything is written into run_dir
-        _check_resume(cfg, resume, force_resume)
+    run = prepare_run(cfg, "segmentation", resume=resume, force_resume=force_resume, must_match=RESUME_MUST_MATCH)
+    dist = run.dist
     micro = _micro_batch(cfg, dist.world_size)
     settings = inference_settings(cfg)
     train_set, val_set, classes = build_datasets(cfg)
     assert train_set is not None
-    if dist.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, run_dir / "config.yaml")
-        (run_dir / "classes.json").write_text(json.dumps(classes))
+    _check_pairs(val_set, "validation")
 
     model = build_model(cfg, len(classes), class_names=classes)
+    palette = palette_of(model)
+    meta = model_metadata("segmentation", cfg["model"]["name"], cfg["model"], classes, cfg, palette=palette.tolist())
     model = _sync_batchnorm(model, cfg, dist.distributed, dist.device).to(dist.device)
     optimizer = build_optimizer(model, cfg, dist.device)
     factor = poly_warmup_factor(
@@ -208,7 +174,7 @@ def train(cfg: dict[str, Any], resume: str | Path | None = None, force_resume: b
     steps_per_epoch = len(train_set) // (micro * dist.world_size) // t["accum_steps"]
     epochs = math.ceil(s["iters"] / steps_per_epoch) if steps_per_epoch else 1
     train_model: nn.Module = torch.compile(model) if cfg["model"]["compile"] else model
-    trainer = Trainer(
+    trainer = run.trainer(
         model=train_model,
         optimizer=optimizer,
         scheduler_fn=scheduler_fn,
@@ -217,71 +183,34 @@ def train(cfg: dict[str, Any], resume: str | Path | None = None, force_resume: b
         global_batch=micro * dist.world_size,
         step_fn=step_fn,
         evaluate_fn=evaluate_fn,
-        dist=dist,
-        run_dir=run_dir,
-        config=cfg,
-        loop=LoopConfig(
+        loop=loop_config(
+            cfg,
             epochs=epochs,
-            accum_steps=t["accum_steps"],
-            clip_grad=cfg["optim"]["clip_grad"],
-            amp=t["amp"],
-            log_every=t["log_every"],
             eval_every=0,
             eval_every_steps=e["every"],
-            ckpt_every=t["ckpt_every"],
-            keep_last=t["keep_last"],
             max_steps=s["iters"],
-            progress=t["progress"],
+            length_keys=("sched.iters",),
         ),
         primary_metric="mIoU",
-        num_workers=cfg["data"]["workers"],
-        seed=t["seed"],
+        model_meta=meta,
     )
-    start = time.perf_counter()
-    metrics = trainer.fit(resume)
-    elapsed = time.perf_counter() - start
+    metrics = run.fit(trainer)
     if not last_eval:  # resumed a finished run: nothing was trained, evaluate the weights anyway
         metrics = evaluate_fn(model)
-    result = {
-        "metrics": metrics,
-        "per_class": last_eval["per_class"],
-        "table": last_eval["table"],
-        "train_seconds": elapsed,
-        "iterations": trainer.global_step,
-        "classes": classes,
-        "run_dir": str(run_dir),
-        "is_main": dist.is_main,
-    }
+    result = run.finish(model, meta, steps=trainer.global_step, metrics=metrics, per_class=last_eval["per_class"])
     if dist.is_main:
-        _report(run_dir, cfg, model, classes, result, last_eval["examples"])
-    return result
+        (run.run_dir / "per_class.txt").write_text(last_eval["table"] + "\n")
+        plot_curves(run.run_dir, run.run_dir / "curves.png", val_keys=("mIoU", "mAcc", "aAcc"))
+        if last_eval["examples"]:
+            images, preds, gts = zip(*last_eval["examples"])
+            save_overlays(images, preds, gts, run.run_dir / "overlays.png", palette, mean=None, std=None)
+    return {**result, "table": last_eval["table"]}
 
 
-def _report(
-    run_dir: Path,
-    cfg: dict[str, Any],
-    model: Segmentor,
-    classes: list[str],
-    result: dict[str, Any],
-    examples: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
-) -> None:
-    palette = np.asarray(model.palette if model.palette else make_palette(len(classes)), dtype=np.uint8)
-    meta = {
-        "format": "crossformer-vision",
-        "task": "segmentation",
-        "kind": RUN_KIND,
-        "model": cfg["model"]["name"],
-        "num_classes": str(len(classes)),
-        "classes": json.dumps(classes),
-        "palette": json.dumps(palette.tolist()),
-        "config": json.dumps(cfg),
-    }
-    atomic_save_safetensors(model.state_dict(), run_dir / "final.safetensors", meta)
-    report = {k: result[k] for k in ("metrics", "per_class", "iterations")}
-    report["train_seconds"] = round(result["train_seconds"], 1)
-    (run_dir / "results.json").write_text(strict_json_dumps(report, indent=1))
-    (run_dir / "per_class.txt").write_text(result["table"] + "\n")
-    plot_curves(run_dir, run_dir / "curves.png", val_keys=("mIoU", "mAcc", "aAcc"))
-    if examples:
-        images, preds, gts = zip(*examples)
-        save_overlays(images, preds, gts, run_dir / "overlays.png", palette, mean=None, std=None)
+def _check_pairs(dataset: Any, split: str) -> None:
+    """Every image / mask pair of ``split`` readable and of one size, checked before training (not at the end)."""
+    from ...data import segmentation as seg_data
+
+    check = getattr(seg_data, "check_pairs", None)
+    if check is not None:
+        check(dataset, split=split)

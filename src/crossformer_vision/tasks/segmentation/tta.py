@@ -1,4 +1,4 @@
-"""Test-time inference as mmseg does it: whole image or sliding window, multi-scale and flip.
+"""Test-time augmentation as mmseg does it: whole image or sliding window, multi-scale and flip.
 
 All functions take normalised images ``[B, 3, H, W]`` and a segmentor whose ``encode_decode(images)`` (or, in eval
 mode, ``forward``) returns logits at the input size (:class:`~.model.Segmentor` pads to its ``size_divisor`` and
@@ -8,6 +8,8 @@ crops back, so any size works). Results are resized to ``out_size`` (the origina
 * :func:`whole_inference`, :func:`slide_inference`: logits of one scale.
 * :func:`inference`: softmax probabilities averaged over scales and flips (mmseg's ``aug_test``), from which
   :func:`predict` takes the argmax.
+* :func:`predict_probs`: one original-size uint8 image through the test scales of :class:`InferenceSettings`
+  (resize per scale as mmseg's ``MultiScaleFlipAug``, normalise, infer, average).
 """
 
 from __future__ import annotations
@@ -17,13 +19,22 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torchvision.transforms.v2 import InterpolationMode
+from torchvision.transforms.v2 import functional as TF
+
+from ...data.segmentation import rescale_size
+from ...engine.trainer import autocast_context
+from .config import InferenceSettings
 
 __all__ = [
     "ADE20K_TEST_SCALE",
     "MS_RATIOS",
+    "align_size",
     "inference",
     "predict",
+    "predict_probs",
     "rescale_size",
+    "scaled_sizes",
     "slide_inference",
     "whole_inference",
 ]
@@ -39,21 +50,6 @@ def _pair(value: int | Sequence[int], name: str) -> tuple[int, int]:
     if len(pair) != 2 or any(not isinstance(v, int) or v < 1 for v in pair):
         raise ValueError(f"{name} must be a positive int or (h, w) pair, got {value!r}")
     return pair  # type: ignore[return-value]
-
-
-def rescale_size(size: Sequence[int], scale: Sequence[float]) -> tuple[int, int]:
-    """mmcv's keep-ratio rescale: the largest size with long edge <= max(scale) and short edge <= min(scale).
-
-    Args:
-        size: ``(h, w)`` of the image.
-        scale: ``(long, short)`` bound in either order, e.g. ``(2048, 512)``.
-
-    Returns:
-        ``(new_h, new_w)``, each ``int(x * factor + 0.5)`` as in ``mmcv.imrescale``.
-    """
-    h, w = size
-    factor = min(max(scale) / max(h, w), min(scale) / min(h, w))
-    return int(h * factor + 0.5), int(w * factor + 0.5)
 
 
 def _logits(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
@@ -200,3 +196,71 @@ def inference(
 def predict(model: nn.Module, images: torch.Tensor, **kwargs) -> torch.Tensor:
     """Label maps ``[B, H0, W0]`` (int64): the argmax of :func:`inference` (same keyword arguments)."""
     return inference(model, images, **kwargs).argmax(dim=1)
+
+
+def align_size(size: Sequence[int], divisor: int | None) -> tuple[int, int]:
+    """``(h, w)`` rounded up to multiples of ``divisor`` (the official ``AlignResize``; None: unchanged)."""
+    h, w = int(size[0]), int(size[1])
+    if not divisor or divisor <= 1:
+        return h, w
+    return -(-h // divisor) * divisor, -(-w // divisor) * divisor
+
+
+def scaled_sizes(size: Sequence[int], settings: InferenceSettings) -> list[tuple[int, int]]:
+    """The network input size ``(h, w)`` of an image of ``size`` for each test ratio (mmseg's MultiScaleFlipAug)."""
+    h, w = int(size[0]), int(size[1])
+    sizes = []
+    for ratio in settings.ratios:
+        if settings.scale is not None:
+            target = rescale_size((h, w), (int(settings.scale[0] * ratio), int(settings.scale[1] * ratio)))
+        else:
+            target = (int(h * ratio + 0.5), int(w * ratio + 0.5))
+        sizes.append(align_size((max(target[0], 1), max(target[1], 1)), settings.size_divisor))
+    return sizes
+
+
+@torch.no_grad()
+def predict_probs(
+    model: nn.Module,
+    image: torch.Tensor,
+    settings: InferenceSettings,
+    *,
+    device: torch.device | str | None = None,
+    amp: str | None = None,
+) -> torch.Tensor:
+    """Class probabilities of one image, averaged over the test scales and flips of ``settings``.
+
+    Args:
+        model: A segmentor (it is put in eval mode for the call).
+        image: ``[3, H, W]`` uint8 RGB at its original size (resized here per scale, in uint8 like mmseg's cv2).
+        settings: Test-time settings.
+        device: Where to run (default: the model's device).
+        amp: ``"bf16"`` / ``"fp16"`` autocast, or None.
+
+    Returns:
+        ``[1, K, H, W]`` float32 probabilities at the original size.
+    """
+    if image.dim() != 3 or image.shape[0] != 3 or image.dtype != torch.uint8:
+        raise ValueError(f"expected a uint8 [3, H, W] image, got {image.dtype} {tuple(image.shape)}")
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    size = tuple(image.shape[-2:])
+    mean = torch.tensor(settings.mean, device=device).view(1, -1, 1, 1)
+    std = torch.tensor(settings.std, device=device).view(1, -1, 1, 1)
+    image = image.to(device)[None]
+    total = None
+    for target in scaled_sizes(size, settings):
+        x = image if target == size else TF.resize(image, list(target), InterpolationMode.BILINEAR, antialias=False)
+        x = (x.float() - mean) / std
+        with autocast_context(device, amp):
+            probs = inference(
+                model,
+                x,
+                mode=settings.mode,
+                crop_size=settings.crop_size,
+                stride=settings.stride,
+                flip=settings.flip,
+                out_size=size,
+            ).float()
+        total = probs if total is None else total + probs
+    assert total is not None
+    return total / len(settings.ratios)

@@ -1,0 +1,76 @@
+"""The command-line vocabulary every task shares: the same option names for the same meaning.
+
+``--config`` / ``--resume`` / ``--force-resume`` / ``--output-dir`` / ``KEY=VALUE`` for training, ``--checkpoint`` /
+``--trust-checkpoint`` / ``--json`` for evaluation and prediction, ``--output-dir`` wherever a folder of results is
+written, and one exit rule for predictions (:func:`require_some_readable`).
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from typing import Any
+
+__all__ = [
+    "add_checkpoint",
+    "add_json",
+    "add_output_dir",
+    "add_train",
+    "console",
+    "require_some_readable",
+    "train_overrides",
+]
+
+
+def add_train(p: argparse.ArgumentParser, example: str) -> None:
+    """``--config``, ``--resume``, ``--force-resume``, ``--output-dir`` and ``KEY=VALUE`` overrides."""
+    p.add_argument("--config", default=None, help="YAML file or bundled preset name")
+    p.add_argument("--resume", default=None, help="run directory (its latest checkpoint) or a checkpoints/step-* dir")
+    p.add_argument(
+        "--force-resume", action="store_true", help="resume even if the config differs from the checkpoint's"
+    )
+    p.add_argument("--output-dir", default=None, help="run directory (the same as train.output_dir=DIR)")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=f"config overrides, e.g. {example}")
+
+
+def train_overrides(args: argparse.Namespace) -> list[str]:
+    """The command line's overrides, with ``--output-dir`` as ``train.output_dir``."""
+    out = list(args.overrides or [])
+    if getattr(args, "output_dir", None):
+        out.append(f"train.output_dir={args.output_dir}")
+    return out
+
+
+def add_checkpoint(p: argparse.ArgumentParser, what: str) -> None:
+    """``--checkpoint`` (required) and ``--trust-checkpoint``."""
+    p.add_argument("--checkpoint", required=True, help=what)
+    p.add_argument(
+        "--trust-checkpoint",
+        action="store_true",
+        help="unpickle arbitrary objects from .pth files (only for files whose origin you trust)",
+    )
+
+
+def add_json(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+
+def add_output_dir(p: argparse.ArgumentParser, default: str | None, what: str) -> None:
+    """``--output-dir`` (``--out`` is kept as an alias)."""
+    p.add_argument("--output-dir", "--out", dest="output_dir", default=default, required=default is None, help=what)
+
+
+def console() -> Any:
+    from rich.console import Console
+
+    return Console(width=None if Console().is_terminal else 120)
+
+
+def require_some_readable(results: Sequence[dict[str, Any]]) -> None:
+    """The exit rule of every ``predict``: unreadable inputs are reported and skipped, but a call in which no input
+    could be read is an error (exit 2)."""
+    failed = [r for r in results if "error" in r]
+    if results and len(failed) == len(results):
+        raise ValueError(
+            f"none of the {len(results)} input image(s) could be read (e.g. {failed[0]['image']}: {failed[0]['error']})"
+        )
