@@ -32,6 +32,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from .images import UnreadableImageError, read_rgb_array
+
 __all__ = [
     "DET_DEMO_REBUILD_COMMAND",
     "CocoDetection",
@@ -252,15 +254,12 @@ class CocoDetection(Dataset):
 
     def load_image(self, image_id: int) -> Tensor:
         """The image file as uint8 ``[3, H, W]`` RGB; errors name the image."""
-        from PIL import Image, UnidentifiedImageError
-
         info = self.images[image_id]
         path = self.image_dir / info["file_name"]
         try:
-            with Image.open(path) as file:
-                array = np.asarray(file.convert("RGB"))
-        except (OSError, UnidentifiedImageError, ValueError) as exc:
-            raise ValueError(f"image id {image_id} ({path}): cannot read the image: {exc}") from exc
+            array = read_rgb_array(path)
+        except UnreadableImageError as exc:
+            raise ValueError(f"image id {image_id} ({path}): {exc.reason}") from None
         if array.shape[:2] != (info["height"], info["width"]):
             raise ValueError(
                 f"image id {image_id} ({path}): file is {array.shape[1]}x{array.shape[0]} (WxH) but the json says "

@@ -16,60 +16,33 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from torch.utils.data import Dataset, default_collate
 
-__all__ = ["IMAGE_EXTENSIONS", "ImageFolderDataset", "SkippedSample", "collate_skipping", "load_rgb", "scan_classes"]
+from .images import IMAGE_EXTENSIONS, UnreadableImageError, image_paths, read_rgb
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "ImageFolderDataset",
+    "SkippedSample",
+    "collate_skipping",
+    "image_paths",
+    "load_rgb",
+    "scan_classes",
+]
 
 
 @dataclass(frozen=True)
 class SkippedSample:
-    """Stands in for a sample whose image could not be read."""
+    """Stands in for a sample whose image could not be read: its file and why (``reason``, of that file)."""
 
     path: str
     reason: str
 
 
-def image_paths(inputs: Sequence[str | os.PathLike]) -> list[Path]:
-    """The image files named by ``inputs`` (files, and folders searched recursively for :data:`IMAGE_EXTENSIONS`), in
-    order; a file named twice (a folder and a file in it) is listed once. Raises when an input does not exist or no
-    image is found (the ``predict`` commands of every task)."""
-    paths: list[Path] = []
-    seen: set[Path] = set()
-    for item in inputs:
-        p = Path(item)
-        if p.is_dir():
-            found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS)
-        elif p.is_file():
-            found = [p]
-        else:
-            raise FileNotFoundError(f"no such image or folder: {p}")
-        for f in found:
-            if f.resolve() not in seen:
-                seen.add(f.resolve())
-                paths.append(f)
-    if not paths:
-        raise ValueError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found in {[str(i) for i in inputs]}")
-    return paths
-
-
-def load_rgb(path: str | os.PathLike) -> Image.Image:
-    """Open any image as 8-bit RGB (16-bit grey is rescaled, alpha is dropped)."""
-    with Image.open(path) as im:
-        im.load()
-        if im.mode in ("I;16", "I;16B", "I;16L", "I"):
-            arr = np.asarray(im, dtype=np.float64)
-            top = 65535.0 if im.mode.startswith("I;16") or arr.max() > 255 else 255.0
-            im = Image.fromarray(np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8), mode="L")
-        elif im.mode == "F":
-            arr = np.asarray(im, dtype=np.float64)
-            lo, hi = float(arr.min()), float(arr.max())
-            im = Image.fromarray(((arr - lo) / max(hi - lo, 1e-12) * 255.0 + 0.5).astype(np.uint8), mode="L")
-        return im.convert("RGB")
+#: The reader of every task (:func:`.images.read_rgb`), under its former name.
+load_rgb = read_rgb
 
 
 def scan_classes(split_dir: Path) -> list[str]:
@@ -143,11 +116,11 @@ class ImageFolderDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[Any, int] | SkippedSample:
         path, label = self.samples[index]
         try:
-            image = load_rgb(path)
-        except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as err:
+            image = read_rgb(path)
+        except UnreadableImageError as err:
             if self.on_error == "raise":
-                raise ValueError(f"cannot read image {path}: {err}") from None
-            return SkippedSample(path, f"{type(err).__name__}: {err}")
+                raise ValueError(f"cannot read image {path}: {err.reason}") from None
+            return SkippedSample(path, err.reason)
         return (self.transform(image) if self.transform is not None else image), label
 
 

@@ -24,11 +24,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
+
+from .images import _PIL_ERRORS, IMAGE_EXTENSIONS, decode_error, open_image, read_rgb_array
 
 __all__ = [
     "ADE20K",
@@ -58,7 +59,6 @@ __all__ = [
 IGNORE_INDEX = 255
 IMAGENET_MEAN_255 = (123.675, 116.28, 103.53)
 IMAGENET_STD_255 = (58.395, 57.12, 57.375)
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 #: ADE20K SceneParsing classes, in label order (label k + 1 in the annotation files; 0 = "other", ignored).
 ADE20K_CLASSES: tuple[str, ...] = (
@@ -89,30 +89,16 @@ _REPO_DATA_DIR = Path(__file__).resolve().parents[3] / "data"
 
 # ---------------------------------------------------------------------- reading files
 def read_image(path: str | os.PathLike) -> np.ndarray:
-    """An image file as ``[H, W, 3]`` uint8 RGB.
+    """An image file as ``[H, W, 3]`` uint8 RGB (:func:`.images.read_rgb_array`, the reader of every task).
 
     Grey (``L``, ``1``), palette, CMYK and RGBA / LA images are converted to RGB (alpha dropped); 16-bit images
     (``I;16``, ``I``) are scaled to 8 bits (``round(x / 257)``).
 
     Raises:
-        ValueError: Unreadable or corrupt file, or an unsupported mode (e.g. float ``F``); names the file.
+        ValueError: Unreadable or corrupt file, values outside 16 bits, or an image over Pillow's decompression-bomb
+            limit; names the file.
     """
-    path = Path(path)
-    try:
-        with Image.open(path) as img:
-            img.load()
-            mode = img.mode
-            if mode.startswith("I"):
-                array = np.asarray(img).astype(np.float64)
-                if array.max(initial=0) > 65535 or array.min(initial=0) < 0:
-                    raise ValueError(f"{path}: {mode} image values outside the 16-bit range; convert it to 8-bit RGB")
-                array = np.clip(np.round(array / 257.0), 0, 255).astype(np.uint8)
-                return np.repeat(array[..., None], 3, axis=2)
-            if mode == "F":
-                raise ValueError(f"{path}: floating-point ('F') images are not supported; convert it to 8-bit RGB")
-            return np.array(img.convert("RGB"))
-    except (UnidentifiedImageError, OSError, SyntaxError) as err:
-        raise ValueError(f"{path}: cannot read the image ({err})") from None
+    return read_rgb_array(path)
 
 
 def read_mask(path: str | os.PathLike) -> np.ndarray:
@@ -125,25 +111,30 @@ def read_mask(path: str | os.PathLike) -> np.ndarray:
         ValueError: Unreadable file, or a colour mask (the labels would be ambiguous); names the file.
     """
     path = Path(path)
-    try:
-        with Image.open(path) as img:
-            img.load()
-            mode = img.mode
-            if mode in ("L", "P", "1") or mode.startswith("I"):
-                return np.asarray(img).astype(np.int64)
-            if mode == "LA":
-                return np.asarray(img)[..., 0].astype(np.int64)
-            if mode in ("RGB", "RGBA"):
-                array = np.asarray(img)[..., :3]
-                if (array == array[..., :1]).all():
-                    return array[..., 0].astype(np.int64)
-                raise ValueError(
-                    f"{path}: colour ({mode}) mask; masks must hold class indices (grey 'L', palette 'P' or 16-bit). "
-                    "Convert the colours to indices first"
-                )
+    with open_image(path, "mask") as img:
+        mode = img.mode
+        if not _mask_mode_ok(mode):
             raise ValueError(f"{path}: unsupported mask mode {mode!r}; save it as an 8-bit index PNG")
-    except (UnidentifiedImageError, OSError, SyntaxError) as err:
-        raise ValueError(f"{path}: cannot read the mask ({err})") from None
+        try:
+            img.load()
+            array = np.asarray(img)
+        except _PIL_ERRORS as err:
+            raise decode_error(path, err, "mask") from None
+    if mode in ("L", "P", "1") or mode.startswith("I"):
+        return array.astype(np.int64)
+    if mode == "LA":
+        return array[..., 0].astype(np.int64)
+    array = array[..., :3]  # RGB / RGBA
+    if (array == array[..., :1]).all():
+        return array[..., 0].astype(np.int64)
+    raise ValueError(
+        f"{path}: colour ({mode}) mask; masks must hold class indices (grey 'L', palette 'P' or 16-bit). "
+        "Convert the colours to indices first"
+    )
+
+
+def _mask_mode_ok(mode: str) -> bool:
+    return mode in ("L", "P", "1", "LA", "RGB", "RGBA") or mode.startswith("I")
 
 
 def read_class_file(path: str | os.PathLike) -> list[str]:
