@@ -11,8 +11,8 @@ import torch
 from PIL import Image
 from torch import nn
 
+import crossformer_vision.tasks.detection.predict as det_predict
 from crossformer_vision.engine.loading import LoadedModel
-from crossformer_vision.tasks.detection import predict as det_predict
 from crossformer_vision.tasks.detection import predict_and_save
 
 

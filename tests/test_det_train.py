@@ -13,9 +13,8 @@ import torch
 from crossformer_vision.cli.main import main
 from crossformer_vision.data.coco import det_demo_dir
 from crossformer_vision.engine import load_config, read_metrics
-from crossformer_vision.tasks.detection.config import DEFAULTS
 from crossformer_vision.engine.run import check_resume
-from crossformer_vision.tasks.detection.config import RESUME_MUST_MATCH
+from crossformer_vision.tasks.detection.config import DEFAULTS, RESUME_MUST_MATCH
 from train_utils import run_cli, weights
 
 # A tiny Mask R-CNN on 16 demo images (4 steps per epoch), multi-scale training and drop path on, so that resuming
@@ -105,7 +104,8 @@ def test_run_directory_holds_results(runs):
 
 
 def test_eval_and_predict_on_the_run(runs, tmp_path, capsys):
-    assert main(["det", "eval", "--checkpoint", str(runs["full"]), "--json", "--output-dir", str(tmp_path / "eval")]) == 0
+    args = ["det", "eval", "--checkpoint", str(runs["full"]), "--json", "--output-dir", str(tmp_path / "eval")]
+    assert main(args) == 0
     out = json.loads(capsys.readouterr().out)
     for key in ("bbox/AP", "bbox/AP50", "bbox/APs", "segm/AP", "segm/AP75"):
         assert key in out["metrics"]

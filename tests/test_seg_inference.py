@@ -9,7 +9,7 @@ from torch import nn
 from crossformer_vision.tasks.segmentation import (
     build_segmentor,
     inference,
-    predict,
+    predict_labels,
     rescale_size,
     slide_inference,
     whole_inference,
@@ -84,7 +84,7 @@ def test_multi_scale_flip_returns_probabilities_at_the_original_size(model):
     assert model.training  # restored
     assert probs.shape == (1, 4, 60, 100)
     torch.testing.assert_close(probs.sum(1), torch.ones(1, 60, 100))
-    labels = predict(model, x, mode="slide", crop_size=(48, 64), stride=(32, 43), ratios=(1.0, 1.25), flip=True)
+    labels = predict_labels(model, x, mode="slide", crop_size=(48, 64), stride=(32, 43), ratios=(1.0, 1.25), flip=True)
     assert labels.shape == (1, 48, 80) and labels.dtype == torch.int64
     scaled = inference(model, x, scale=(128, 32), ratios=(1.0, 2.0))  # ratios of a keep-ratio test scale
     assert scaled.shape == (1, 4, 48, 80)
@@ -105,7 +105,7 @@ def test_single_scale_argmax_equals_logit_argmax(model):
     model.eval()
     x = torch.randn(1, 3, 40, 72)
     with torch.no_grad():
-        assert torch.equal(predict(model, x), model(x).argmax(1))
+        assert torch.equal(predict_labels(model, x), model(x).argmax(1))
 
 
 def test_rescale_size_is_mmcv_imrescale():

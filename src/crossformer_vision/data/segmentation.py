@@ -51,6 +51,7 @@ __all__ = [
     "read_class_file",
     "read_image",
     "read_mask",
+    "rescale_size",
     "seg_demo",
     "seg_demo_dir",
     "train_transforms",
@@ -353,8 +354,9 @@ def seg_demo(split: str = "train", *, root: str | os.PathLike | None = None, **k
 
 
 # ---------------------------------------------------------------------- transforms (torchvision v2)
-def _rescale_size(size: Sequence[int], scale: Sequence[float]) -> tuple[int, int]:
-    """mmcv keep-ratio rescale: long edge <= max(scale), short edge <= min(scale)."""
+def rescale_size(size: Sequence[int], scale: Sequence[float]) -> tuple[int, int]:
+    """mmcv's keep-ratio rescale: the largest ``(h, w)`` with long edge <= max(scale), short edge <= min(scale)
+    (each ``int(x * factor + 0.5)``, at least 1)."""
     h, w = size
     factor = min(max(scale) / max(h, w), min(scale) / min(h, w))
     return max(1, int(h * factor + 0.5)), max(1, int(w * factor + 0.5))
@@ -406,7 +408,7 @@ class KeepRatioResize(v2.Transform):
             low, high = self.ratio_range
             ratio = low + torch.rand(()).item() * (high - low)
         target = (int(self.scale[0] * ratio), int(self.scale[1] * ratio))
-        return dict(size=list(_rescale_size(_first_image_size(flat_inputs), target)))
+        return dict(size=list(rescale_size(_first_image_size(flat_inputs), target)))
 
     def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
         if isinstance(inpt, tv_tensors.Mask):

@@ -17,9 +17,11 @@ from .crossformer import (
     CrossFormerStage,
     checkpoint_filter_fn,
 )
-from .registry import create_model, create_timm_model, list_variants
+from .registry import DENSE_GROUP_SIZE, DENSE_INTERVAL, create_model, create_timm_model, dense_lda_rule, list_variants
 
 __all__ = [
+    "DENSE_GROUP_SIZE",
+    "DENSE_INTERVAL",
     "FLAVOURS",
     "MIN_INPUT_SIZE",
     "VARIANT_ARGS",
@@ -32,6 +34,7 @@ __all__ = [
     "checkpoint_filter_fn",
     "create_model",
     "create_timm_model",
+    "dense_lda_rule",
     "detect_variant",
     "infer_architecture",
     "list_variants",

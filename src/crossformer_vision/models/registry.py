@@ -10,12 +10,27 @@ from torch import nn
 
 from .crossformer import VARIANT_ARGS, CrossFormerBackbone
 
-__all__ = ["create_model", "create_timm_model", "list_variants"]
+__all__ = ["DENSE_GROUP_SIZE", "DENSE_INTERVAL", "create_model", "create_timm_model", "dense_lda_rule", "list_variants"]
+
+#: Group size G and LDA interval I of every official CrossFormer / CrossFormer++ detection and segmentation config.
+DENSE_GROUP_SIZE = (7, 7, 7, 7)
+DENSE_INTERVAL = (8, 4, 2, 1)
 
 
 def list_variants() -> list[str]:
     """Registered CrossFormer / CrossFormer++ variant names, in paper order."""
     return list(VARIANT_ARGS)
+
+
+def dense_lda_rule(name: str) -> str:
+    """The LDA rule the official dense (detection / segmentation) weights of variant ``name`` were trained with.
+
+    CrossFormer v1 (``crossformer_*``) dense weights use the v1 dense code's rule (``"fixed_interval"``),
+    CrossFormer++ (``crossformerpp_*``) ones the main-branch rule (``"fixed_group"``).
+    """
+    if name not in VARIANT_ARGS:
+        raise ValueError(f"{name!r} is not a CrossFormer variant; expected one of {list(VARIANT_ARGS)}")
+    return "fixed_group" if name.startswith("crossformerpp_") else "fixed_interval"
 
 
 def create_model(name: str, *, dense: bool = False, **kwargs: Any) -> nn.Module:

@@ -5,8 +5,8 @@ visualisation, and runs with the module roles of every task: ``config``, ``data`
 
 from .backbones import (
     BACKBONE_NAMES,
-    DETECTION_GROUP_SIZE,
-    DETECTION_INTERVAL,
+    DENSE_GROUP_SIZE,
+    DENSE_INTERVAL,
     TIMM_BACKBONES,
     DetectionBackbone,
     TimmTrunk,
@@ -37,16 +37,16 @@ from .mm_convert import (
 from .model import DETECTOR_TYPES, build_detector, list_detectors, parse_detector_name
 from .recipes import MULTI_SCALE_MIN_SIZES, RECIPES, DetectionRecipe, get_recipe
 from .train import train as train_detector
-from .visualize import detection_to_json, draw_detections, load_image, predict, predict_and_save
+from .visualize import detect, detection_to_json, draw_detections, load_image, predict_and_save
 from .weights import TransferReport, build_detector_from_mmdet, inspect_mmdet_checkpoint, load_mmdet_checkpoint
 
 __all__ = [
     "BACKBONE_NAMES",
     "COCO_CLASSES",
     "COCO_METRIC_NAMES",
+    "DENSE_GROUP_SIZE",
+    "DENSE_INTERVAL",
     "DETECTION_DEFAULTS",
-    "DETECTION_GROUP_SIZE",
-    "DETECTION_INTERVAL",
     "DETECTOR_TYPES",
     "MULTI_SCALE_MIN_SIZES",
     "RECIPES",
@@ -77,6 +77,7 @@ __all__ = [
     "convert_mmdet_retinanet",
     "convert_mmdet_rpn_head",
     "default_lda_rule",
+    "detect",
     "detection_dataset",
     "detection_to_json",
     "draw_detections",
@@ -90,7 +91,6 @@ __all__ = [
     "masks_to_rle",
     "mmdet_map_roi_levels",
     "parse_detector_name",
-    "predict",
     "predict_and_save",
     "predictions_to_coco",
     "train_detector",

@@ -31,13 +31,22 @@ from torch import Tensor, nn
 from torchvision.ops import FeaturePyramidNetwork
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
-from ...models import CrossFormerBackbone, create_model, create_timm_model, list_variants, load_official_state_dict
+from ...models import (
+    DENSE_GROUP_SIZE,
+    DENSE_INTERVAL,
+    CrossFormerBackbone,
+    create_model,
+    create_timm_model,
+    list_variants,
+    load_official_state_dict,
+)
+from ...models import dense_lda_rule as default_lda_rule
 from .mm_convert import MMLastLevelP6P7
 
 __all__ = [
     "BACKBONE_NAMES",
-    "DETECTION_GROUP_SIZE",
-    "DETECTION_INTERVAL",
+    "DENSE_GROUP_SIZE",
+    "DENSE_INTERVAL",
     "PYRAMIDS",
     "TIMM_BACKBONES",
     "DetectionBackbone",
@@ -51,9 +60,6 @@ __all__ = [
 Pyramid = Literal["retinanet", "rcnn"]
 PYRAMIDS: tuple[str, ...] = ("retinanet", "rcnn")
 
-#: Group size and LDA interval of every official CrossFormer / CrossFormer++ detection config (also the ++ ones).
-DETECTION_GROUP_SIZE = (7, 7, 7, 7)
-DETECTION_INTERVAL = (8, 4, 2, 1)
 
 #: Comparison backbones (the hierarchical ones of the paper's detection tables): our short name -> timm model name.
 TIMM_BACKBONES: dict[str, str] = {
@@ -66,17 +72,6 @@ TIMM_BACKBONES: dict[str, str] = {
 
 #: Every backbone name the detection builders accept.
 BACKBONE_NAMES: tuple[str, ...] = (*list_variants(), *TIMM_BACKBONES)
-
-
-def default_lda_rule(name: str) -> str:
-    """The LDA rule the official detection weights of ``name`` were trained with.
-
-    CrossFormer v1 (``crossformer_*``) detection / segmentation weights use the v1 dense rule (``"fixed_interval"``),
-    CrossFormer++ (``crossformerpp_*``) ones the main-branch rule (``"fixed_group"``).
-    """
-    if name not in list_variants():
-        raise ValueError(f"{name!r} is not a CrossFormer variant; expected one of {list_variants()}")
-    return "fixed_group" if name.startswith("crossformerpp_") else "fixed_interval"
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -209,8 +204,8 @@ def build_trunk(
         return TimmTrunk(TIMM_BACKBONES[name], pretrained_file=weights, **kwargs)
     if name not in list_variants():
         raise ValueError(f"unknown detection backbone {name!r}; known backbones: {', '.join(BACKBONE_NAMES)}")
-    kwargs.setdefault("group_size", DETECTION_GROUP_SIZE)
-    kwargs.setdefault("crs_interval", DETECTION_INTERVAL)
+    kwargs.setdefault("group_size", DENSE_GROUP_SIZE)
+    kwargs.setdefault("crs_interval", DENSE_INTERVAL)
     body = create_model(name, dense=True, lda_rule=lda_rule or default_lda_rule(name), **kwargs)
     if weights is not None:
         if isinstance(weights, (str, os.PathLike)):

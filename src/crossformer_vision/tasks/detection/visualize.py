@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-__all__ = ["detection_to_json", "draw_detections", "load_image", "predict", "predict_and_save"]
+__all__ = ["detect", "detection_to_json", "draw_detections", "load_image", "predict_and_save"]
 
 
 def _color(label: int) -> tuple[int, int, int]:
@@ -114,7 +114,7 @@ def detection_to_json(
 
 
 @torch.no_grad()
-def predict(
+def detect(
     model: nn.Module,
     images: Sequence[str | os.PathLike | Tensor],
     *,
@@ -173,7 +173,7 @@ def predict_and_save(
                 raise
             unreadable[str(path)] = str(err)
             continue
-        (det,) = predict(model, [image], device=device)
+        (det,) = detect(model, [image], device=device)
         drawn = draw_detections(image, det, class_names=class_names, score_thresh=score_thresh)
         stem = Path(path).stem
         while stem in used:

@@ -3,7 +3,7 @@
 * :func:`build_segmentor` (``upernet_crossformer_s``, ``semfpn_crossformerpp_b``, ``upernet_swin_t``, ...) gives a
   :class:`Segmentor` whose ``forward(images, targets)`` returns losses in train mode and logits in eval mode;
 * :func:`load_mmseg_checkpoint` builds and loads one from an official mmseg checkpoint;
-* :func:`inference` / :func:`predict` (:mod:`.tta`): whole / sliding-window, multi-scale and flip testing;
+* :func:`inference` / `predict_labels` (:mod:`.tta`): whole / sliding-window, multi-scale and flip testing;
 * :class:`SegmentationMetric`: dataset-level mIoU / mAcc / aAcc (distributed-ready);
 * :func:`save_overlays`: prediction vs ground-truth pictures;
 * runs (``crossformer seg train / eval / predict / convert / demo``), with the module roles of every task:
@@ -22,7 +22,7 @@ from .tta import (
     ADE20K_TEST_SCALE,
     MS_RATIOS,
     inference,
-    predict,
+    predict_labels,
     rescale_size,
     slide_inference,
     whole_inference,
@@ -54,7 +54,7 @@ __all__ = [
     "list_segmentors",
     "load_mmseg_checkpoint",
     "make_palette",
-    "predict",
+    "predict_labels",
     "rescale_size",
     "resize_logits",
     "save_overlays",

@@ -18,7 +18,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ...models import CrossFormerBackbone, create_model, create_timm_model, list_variants, load_official_state_dict
+from ...models import (
+    DENSE_GROUP_SIZE,
+    DENSE_INTERVAL,
+    CrossFormerBackbone,
+    create_model,
+    create_timm_model,
+    list_variants,
+    load_official_state_dict,
+)
+from ...models import dense_lda_rule as default_lda_rule
 
 __all__ = [
     "DENSE_GROUP_SIZE",
@@ -32,9 +41,6 @@ __all__ = [
     "resolve_timm_name",
 ]
 
-#: Group size G and LDA interval I of every official CrossFormer / CrossFormer++ segmentation config.
-DENSE_GROUP_SIZE = (7, 7, 7, 7)
-DENSE_INTERVAL = (8, 4, 2, 1)
 
 #: Short names of the timm backbones of the paper's comparisons -> (timm name, default timm kwargs).
 #: Drop-path rates are those of mmseg's UPerNet configs (Swin 0.3, ViT-B / DeiT-S 0.1).
@@ -51,15 +57,6 @@ TIMM_ALIASES: dict[str, tuple[str, dict[str, Any]]] = {
 def is_crossformer(name: str) -> bool:
     """Whether ``name`` is a registered CrossFormer / CrossFormer++ variant."""
     return name in list_variants()
-
-
-def default_lda_rule(name: str) -> str:
-    """The LDA rule of the official dense code of a variant's family.
-
-    CrossFormer v1 segmentation / detection weights were trained with the v1 dense code (``"fixed_interval"``),
-    CrossFormer++ ones with the main-branch code (``"fixed_group"``).
-    """
-    return "fixed_group" if name.startswith("crossformerpp") else "fixed_interval"
 
 
 def resolve_timm_name(name: str) -> tuple[str, dict[str, Any]]:

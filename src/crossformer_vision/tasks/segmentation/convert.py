@@ -30,10 +30,16 @@ from typing import Any
 
 import torch
 
-from ...models import VARIANT_ARGS, CrossFormerBackbone, detect_variant, infer_architecture
+from ...models import (
+    DENSE_GROUP_SIZE,
+    DENSE_INTERVAL,
+    VARIANT_ARGS,
+    CrossFormerBackbone,
+    detect_variant,
+    infer_architecture,
+)
 from ...models._keys import DERIVED_BUFFER_SUFFIXES
 from ...models.io import atomic_save_safetensors
-from .backbones import DENSE_GROUP_SIZE, DENSE_INTERVAL
 from .heads import FCNHead, FPNHead, UPerHead
 from .model import Segmentor
 from .necks import FPN

@@ -84,7 +84,7 @@ class SegmentationMetric:
 
         metric = SegmentationMetric(150)
         for images, masks in loader:
-            metric.update(predict(model, images, out_size=masks.shape[-2:]), masks)
+            metric.update(predict_labels(model, images, out_size=masks.shape[-2:]), masks)
         result = metric.compute(reduce_fn=torch.distributed.all_reduce)   # sums the areas over processes
         print(metric.table(result))
     """

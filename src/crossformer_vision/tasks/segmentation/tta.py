@@ -7,7 +7,7 @@ crops back, so any size works). Results are resized to ``out_size`` (the origina
 
 * :func:`whole_inference`, :func:`slide_inference`: logits of one scale.
 * :func:`inference`: softmax probabilities averaged over scales and flips (mmseg's ``aug_test``), from which
-  :func:`predict` takes the argmax.
+  :func:`predict_labels` takes the argmax.
 * :func:`predict_probs`: one original-size uint8 image through the test scales of :class:`InferenceSettings`
   (resize per scale as mmseg's ``MultiScaleFlipAug``, normalise, infer, average).
 """
@@ -31,7 +31,7 @@ __all__ = [
     "MS_RATIOS",
     "align_size",
     "inference",
-    "predict",
+    "predict_labels",
     "predict_probs",
     "rescale_size",
     "scaled_sizes",
@@ -193,7 +193,7 @@ def inference(
 
 
 @torch.no_grad()
-def predict(model: nn.Module, images: torch.Tensor, **kwargs) -> torch.Tensor:
+def predict_labels(model: nn.Module, images: torch.Tensor, **kwargs) -> torch.Tensor:
     """Label maps ``[B, H0, W0]`` (int64): the argmax of :func:`inference` (same keyword arguments)."""
     return inference(model, images, **kwargs).argmax(dim=1)
 
