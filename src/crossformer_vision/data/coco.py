@@ -11,9 +11,11 @@
 * Images without annotations are kept (evaluation needs them) unless ``skip_empty=True`` (mmdet ``filter_empty_gt``).
 * Bad entries never reach the model: boxes partly outside the image are clipped; degenerate boxes (width or height
   <= 0, or < ``min_box_size`` after clipping), annotations of unknown images or categories, malformed boxes, unusable
-  segmentations (when masks are loaded) and images whose file is missing are dropped. One warning gives the counts
-  (``stats`` keeps them); a file that cannot be decoded or whose size differs from the json raises an error naming
-  the image.
+  segmentations (when masks are loaded: polygons without 3 finite points; RLEs whose size is not the image's or
+  whose counts do not decode to exactly height x width pixels, checked without decoding the mask) and images whose
+  file is missing are dropped. One warning gives the counts (``stats`` keeps them) and names the first files and
+  annotations (``bad_segmentations`` keeps ``(annotation id, file name, reason)`` of each); a file that cannot be
+  decoded or whose size differs from the json raises an error naming the image.
 """
 
 from __future__ import annotations
@@ -68,8 +70,72 @@ def _pycocotools_mask():
     return mask
 
 
-def _valid_segmentation(segm: Any, height: int, width: int) -> Any:
-    """The usable part of a COCO segmentation (polygons with >= 3 finite points, or an RLE of the image size)."""
+def _rle_string_counts(counts: str) -> list[int] | None:
+    """The runs of a compressed COCO RLE string (pycocotools' ``rleFrString`` in Python: 5-bit groups, offset 48,
+    deltas from the 3rd run on), or None for a string it cannot hold (a character outside ``'0'..'o'``, or a run
+    cut short at the end, which the C decoder would read past)."""
+    runs: list[int] = []
+    p, n = 0, len(counts)
+    while p < n:
+        x = k = 0
+        more = True
+        while more:
+            if p >= n:
+                return None
+            c = ord(counts[p]) - 48
+            if not 0 <= c < 64:
+                return None
+            x |= (c & 0x1F) << (5 * k)
+            more = bool(c & 0x20)
+            p += 1
+            k += 1
+            if not more and c & 0x10:
+                x |= -1 << (5 * k)
+        if len(runs) > 2:
+            x += runs[-2]
+        runs.append(x)
+    return runs
+
+
+def _check_rle(segm: dict, height: int, width: int) -> str | None:
+    """Why ``segm`` is not an RLE of a ``height x width`` image (None: it is)."""
+    size = segm.get("size")
+    if (
+        not isinstance(size, (list, tuple))
+        or len(size) != 2
+        or not all(isinstance(v, int) and not isinstance(v, bool) for v in size)
+    ):
+        return f"RLE size {size!r} is not [height, width]"
+    if list(size) != [height, width]:
+        return f"RLE size {list(size)} differs from the image's [height, width] = [{height}, {width}]"
+    counts, area = segm["counts"], height * width
+    if isinstance(counts, bytes):
+        try:
+            counts = counts.decode("ascii")
+        except UnicodeDecodeError:
+            return "compressed RLE counts are not an ASCII string"
+    if isinstance(counts, str):
+        runs = _rle_string_counts(counts)
+        if runs is None:
+            return "compressed RLE counts are not a valid COCO RLE string"
+        kind = "compressed RLE counts decode to"
+    elif isinstance(counts, (list, tuple)):
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in counts):
+            return "uncompressed RLE counts must be integers"
+        runs = list(counts)
+        kind = "uncompressed RLE counts are"
+    else:
+        return f"RLE counts must be a list or a string, got {type(counts).__name__}"
+    if any(v < 0 for v in runs):
+        return f"{kind} a negative run"
+    if sum(runs) != area:
+        return f"{kind} {sum(runs)} pixels, not height x width = {height} x {width} = {area}"
+    return None
+
+
+def _valid_segmentation(segm: Any, height: int, width: int) -> tuple[Any, str | None]:
+    """The usable part of a COCO segmentation (polygons with >= 3 finite points, or an RLE of the image size) and,
+    when there is none, why."""
     if isinstance(segm, list):
         polys = [
             [float(v) for v in p]
@@ -77,12 +143,17 @@ def _valid_segmentation(segm: Any, height: int, width: int) -> Any:
             if isinstance(p, (list, tuple))
             and len(p) >= 6
             and len(p) % 2 == 0
-            and all(isinstance(v, (int, float)) and math.isfinite(v) for v in p)
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in p)
         ]
-        return polys or None
-    if isinstance(segm, dict) and "counts" in segm and list(segm.get("size", ())) == [height, width]:
-        return segm
-    return None
+        if polys:
+            return polys, None
+        return None, "no polygon with 3 or more finite points" if segm else "empty segmentation"
+    if isinstance(segm, dict) and "counts" in segm:
+        reason = _check_rle(segm, height, width)
+        return (None, reason) if reason else (segm, None)
+    if segm is None:
+        return None, "no segmentation"
+    return None, f"segmentation is neither polygons nor an RLE dict ({type(segm).__name__})"
 
 
 def _segmentation_to_rle(segm: Any, height: int, width: int) -> dict:
@@ -114,6 +185,8 @@ class CocoDetection(Dataset):
         cat_id_to_label / label_to_cat_id: the mapping both ways.
         class_names: category names by label - 1.
         stats: counts of clipped / dropped entries (see the module docstring).
+        bad_segmentations: ``(annotation id, image file name, reason)`` of each annotation dropped for its
+            segmentation.
 
     Raises:
         FileNotFoundError: missing json or image folder.
@@ -172,6 +245,7 @@ class CocoDetection(Dataset):
         self.annotations: dict[int, list[tuple[tuple[float, float, float, float], int, Any]]] = {
             i: [] for i in self.images
         }
+        self.bad_segmentations: list[tuple[Any, str, str]] = []
         for ann in data.get("annotations") or []:
             self._add_annotation(ann, stats, min_box_size)
 
@@ -184,7 +258,12 @@ class CocoDetection(Dataset):
         self.stats = Counter({k: v for k, v in stats.items() if v})
         problems = [f"{self.stats[k]} {text}" for k, text in _PROBLEMS.items() if self.stats[k]]
         if problems:
-            example = f" (e.g. {', '.join(missing_files[:3])})" if missing_files else ""
+            examples = []
+            if missing_files:
+                examples.append(f"missing: {', '.join(missing_files[:3])}")
+            for ann_id, file_name, reason in self.bad_segmentations[:3]:
+                examples.append(f"annotation id {ann_id} of {file_name}: {reason}")
+            example = f" (e.g. {'; '.join(examples)})" if examples else ""
             warnings.warn(f"{self.ann_file}: {'; '.join(problems)}{example}", stacklevel=2)
 
     def _categories(self, categories: Any) -> tuple[list[int], dict[int, str]]:
@@ -243,9 +322,10 @@ class CocoDetection(Dataset):
             stats["boxes_clipped"] += 1
         segm = None
         if self.masks:
-            segm = _valid_segmentation(ann.get("segmentation"), height, width)
+            segm, reason = _valid_segmentation(ann.get("segmentation"), height, width)
             if segm is None:
                 stats["bad_segmentation"] += 1
+                self.bad_segmentations.append((ann.get("id"), info["file_name"], str(reason)))
                 return
         self.annotations[image_id].append((box, self.cat_id_to_label[ann["category_id"]], segm))
 
@@ -282,10 +362,16 @@ class CocoDetection(Dataset):
         }
         if self.masks:
             if anns:
-                rles = [_segmentation_to_rle(a[2], height, width) for a in anns]
-                with warnings.catch_warnings():  # pycocotools' decode predates numpy 2's __array__(copy=) protocol
-                    warnings.simplefilter("ignore", DeprecationWarning)
-                    masks = np.ascontiguousarray(_pycocotools_mask().decode(rles).transpose(2, 0, 1))
+                try:
+                    rles = [_segmentation_to_rle(a[2], height, width) for a in anns]
+                    with warnings.catch_warnings():  # pycocotools' decode predates numpy 2's __array__(copy=)
+                        warnings.simplefilter("ignore", DeprecationWarning)
+                        masks = np.ascontiguousarray(_pycocotools_mask().decode(rles).transpose(2, 0, 1))
+                except (ValueError, TypeError) as exc:  # checked at construction: only a changed file gets here
+                    raise ValueError(
+                        f"image id {image_id} ({self.images[image_id]['file_name']}) of {self.ann_file}: "
+                        f"pycocotools cannot decode its segmentations ({exc})"
+                    ) from None
             else:
                 masks = np.zeros((0, height, width), dtype=np.uint8)
             target["masks"] = tv_tensors.Mask(torch.from_numpy(masks))
