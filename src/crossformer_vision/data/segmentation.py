@@ -18,7 +18,9 @@ Resizes are bilinear without antialiasing, as mmseg's cv2 resizes; masks use nea
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +31,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
-from .images import _PIL_ERRORS, IMAGE_EXTENSIONS, decode_error, open_image, read_rgb_array
+from .images import _PIL_ERRORS, IMAGE_EXTENSIONS, UnreadableImageError, decode_error, open_image, read_rgb_array
 
 __all__ = [
     "ADE20K",
@@ -40,14 +42,17 @@ __all__ = [
     "IMAGE_EXTENSIONS",
     "SEG_DEMO_REBUILD_COMMAND",
     "SEG_DEMO_SIZES",
+    "BadPair",
     "FolderSegmentation",
     "KeepRatioResize",
     "PadTo",
     "PhotoMetricDistortion",
     "RandomCropCatMax",
     "SegmentationDataset",
+    "check_pairs",
     "collate",
     "eval_transforms",
+    "find_bad_pairs",
     "read_class_file",
     "read_image",
     "read_mask",
@@ -239,6 +244,106 @@ class SegmentationDataset(Dataset):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(num_samples={len(self)}, num_classes={self.num_classes})"
+
+
+@dataclass(frozen=True)
+class BadPair:
+    """An image / mask pair that cannot be used, and why (one line)."""
+
+    image: Path
+    mask: Path
+    reason: str
+
+
+def _header(path: Path, what: str) -> tuple[tuple[int, int], str]:
+    """``((h, w), mode)`` of a file from its header; ``verify()`` checks the rest of the file where the format can
+    without decoding (PNG chunk checksums, which catches truncated and damaged masks)."""
+    with open_image(path, what) as img:
+        (w, h), mode = img.size, img.mode
+        try:
+            img.verify()
+        except _PIL_ERRORS as err:
+            raise decode_error(path, err, what) from None
+    return (h, w), mode
+
+
+def _pair_problem(image_path: Path, mask_path: Path) -> str | None:
+    try:
+        image_size, _ = _header(image_path, "image")
+        mask_size, mask_mode = _header(mask_path, "mask")
+    except UnreadableImageError as err:
+        return str(err)
+    if not _mask_mode_ok(mask_mode):
+        return f"{mask_path}: unsupported mask mode {mask_mode!r}; save it as an 8-bit index PNG"
+    if image_size != mask_size:
+        return (
+            f"image {image_path} is {image_size[0]}x{image_size[1]} but its mask {mask_path} is "
+            f"{mask_size[0]}x{mask_size[1]} (H x W); they must have the same size"
+        )
+    return None
+
+
+def find_bad_pairs(dataset: SegmentationDataset, *, decode: bool = False) -> list[BadPair]:
+    """The pairs of ``dataset.samples`` that would fail when loaded, found before training.
+
+    By default only the file headers are read (no pixel is decoded): missing or unreadable files, files over
+    Pillow's decompression-bomb limit, damaged PNGs (``verify()``), unsupported mask modes, and image / mask size
+    mismatches. ``decode=True`` also loads every pair as training would (truncated JPEG data, colour masks,
+    labels outside the class range), at the cost of decoding everything.
+    """
+    bad: list[BadPair] = []
+    for index, (image_path, mask_path) in enumerate(dataset.samples):
+        reason = _pair_problem(image_path, mask_path)
+        if reason is None and decode:
+            try:
+                dataset.load(index)
+            except ValueError as err:
+                reason = " ".join(str(err).split())
+        if reason is not None:
+            bad.append(BadPair(Path(image_path), Path(mask_path), reason))
+    return bad
+
+
+def check_pairs(
+    dataset: SegmentationDataset,
+    *,
+    what: str = "validation set",
+    drop: bool = False,
+    decode: bool = False,
+    show: int = 3,
+) -> list[BadPair]:
+    """Check every image / mask pair of ``dataset`` before a run (see :func:`find_bad_pairs`; header reads only
+    unless ``decode``), so that a bad file does not stop the run hours later.
+
+    Args:
+        dataset: The dataset; with ``drop`` its ``samples`` lose the bad pairs.
+        what: How the messages name the dataset (``"validation set"``, ``"training set"``).
+        drop: False: raise when any pair is bad (the validation set, whose metrics must cover all of it). True:
+            leave the bad pairs out with one warning naming them (the training set); raise only when none is left.
+        decode: Also decode every pair (slower; see :func:`find_bad_pairs`).
+        show: How many bad pairs the message names.
+
+    Returns:
+        The bad pairs (empty when all are usable).
+
+    Raises:
+        ValueError: One line: how many pairs are bad, the first ``show`` with the reason, and the fix.
+    """
+    bad = find_bad_pairs(dataset, decode=decode)
+    if not bad:
+        return bad
+    total = len(dataset.samples)
+    shown = "; ".join(b.reason for b in bad[:show]) + (f"; ... ({len(bad) - show} more)" if len(bad) > show else "")
+    fix = "fix or remove these files (a mask is a grey or palette PNG of class indices, the size of its image)"
+    if not drop or len(bad) == total:
+        left = " (none left)" if drop else ""
+        raise ValueError(f"{what}: {len(bad)} of {total} image/mask pairs are unusable{left}: {shown}; {fix}")
+    bad_set = {(b.image, b.mask) for b in bad}
+    dataset.samples = [pair for pair in dataset.samples if (Path(pair[0]), Path(pair[1])) not in bad_set]
+    warnings.warn(
+        f"{what}: {len(bad)} of {total} image/mask pairs are unusable and left out: {shown}; {fix}", stacklevel=2
+    )
+    return bad
 
 
 def _index_files(folder: Path, extensions: Sequence[str], what: str) -> dict[str, Path]:
