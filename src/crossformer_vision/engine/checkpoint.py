@@ -15,9 +15,9 @@ directory raises :class:`CheckpointWriteError` and the previous checkpoint is st
 
 from __future__ import annotations
 
-import errno
 import json
 import os
+import pickle
 import shutil
 import tempfile
 import time
@@ -26,8 +26,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from ..models.io import normal_file_mode, read_safetensors_header, write_error_reason
 from .config import save_config
 
 __all__ = [
@@ -102,6 +104,7 @@ class CheckpointManager:
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
             tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=self.directory))
+            os.chmod(tmp, normal_file_mode(directory=True))  # mkdtemp makes 0700: the mode of any new folder
         except OSError as err:
             raise self._error(err, final) from None
         try:
@@ -112,14 +115,18 @@ class CheckpointManager:
             save_config(config, tmp / "config.yaml")
             info = {"step": step, "time": time.strftime("%Y-%m-%dT%H:%M:%S"), **(meta or {})}
             (tmp / "meta.json").write_text(json.dumps(info, indent=1))
+            mode = normal_file_mode()
             for f in tmp.iterdir():
+                os.chmod(f, mode)  # the safetensors writer makes 0600 files
                 with open(f, "rb") as fh:
                     os.fsync(fh.fileno())
             if final.exists():  # same step written again (e.g. end of epoch right after a periodic save)
                 shutil.rmtree(final)
             os.replace(tmp, final)
             _fsync_dir(self.directory)
-        except OSError as err:
+        except (OSError, RuntimeError, SafetensorError) as err:
+            # a full disk / read-only folder / size limit: OSError from Python, SafetensorError from the safetensors
+            # writer, RuntimeError ("unexpected pos") from torch.save
             shutil.rmtree(tmp, ignore_errors=True)
             raise self._error(err, final) from None
         except BaseException:
@@ -128,19 +135,12 @@ class CheckpointManager:
         self._prune()
         return final
 
-    def _error(self, err: OSError, target: Path) -> CheckpointWriteError:
-        reason = {
-            errno.ENOSPC: "no space left on the device",
-            errno.EDQUOT: "disk quota exceeded",
-            errno.EACCES: "permission denied",
-            errno.EPERM: "operation not permitted",
-            errno.EROFS: "the file system is read-only",
-        }.get(err.errno or -1, str(err))
+    def _error(self, err: BaseException, target: Path) -> CheckpointWriteError:
         previous = self.latest()
         kept = f"the previous checkpoint {previous} is intact" if previous else "no earlier checkpoint exists"
         return CheckpointWriteError(
-            f"cannot write checkpoint {target}: {reason}; {kept}. Free space or choose another output directory "
-            "(train.output_dir=...) and resume."
+            f"cannot write checkpoint {target}: {write_error_reason(err)}; {kept}. Free space or choose another "
+            "output directory (train.output_dir=...) and resume."
         )
 
     def _prune(self) -> None:
@@ -151,20 +151,95 @@ class CheckpointManager:
 
 
 def load_training_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a checkpoint directory written by :class:`CheckpointManager` (or the run directory: its latest)."""
+    """Read a checkpoint directory written by :class:`CheckpointManager` (or the run directory: its latest).
+
+    Raises:
+        FileNotFoundError: No checkpoint there.
+        ValueError: One line: a file of the checkpoint is missing, truncated, garbled or holds objects outside the
+            weights-only allow-list; it names the checkpoint and the earlier checkpoints to resume from instead.
+    """
     path = load_training_checkpoint_path(path)
+    out: dict[str, Any] = {"path": path}
+    try:
+        out["meta"] = _read_json(path / "meta.json")
+        out["config"] = _read_yaml(path / "config.yaml")
+        out["model"] = _read_weights(path / "model.safetensors")
+        out["state"] = _read_state(path / "state.pt")
+        if (path / "ema.safetensors").is_file():
+            out["ema"] = _read_weights(path / "ema.safetensors")
+    except _Damaged as err:
+        raise ValueError(f"cannot resume from {path}: {err}; {_alternatives(path)}") from None
+    return out
+
+
+class _Damaged(Exception):
+    pass
+
+
+def _reason(err: BaseException) -> str:
+    if isinstance(err, OSError) and err.strerror:
+        return err.strerror
+    text = str(err).strip()
+    return text.splitlines()[0][:200] if text else type(err).__name__
+
+
+def _read_json(file: Path) -> dict[str, Any]:
+    try:
+        value = json.loads(file.read_text())
+    except (OSError, ValueError, UnicodeDecodeError, RecursionError) as err:
+        raise _Damaged(f"{file.name} is missing or unreadable ({_reason(err)})") from None
+    if not isinstance(value, dict):
+        raise _Damaged(f"{file.name} is not a JSON object")
+    return value
+
+
+def _read_yaml(file: Path) -> dict[str, Any]:
     import yaml
 
-    out = {
-        "path": path,
-        "meta": json.loads((path / "meta.json").read_text()),
-        "model": load_file(str(path / "model.safetensors")),
-        "state": torch.load(path / "state.pt", map_location="cpu", weights_only=True),
-        "config": yaml.safe_load((path / "config.yaml").read_text()),
-    }
-    if (path / "ema.safetensors").is_file():
-        out["ema"] = load_file(str(path / "ema.safetensors"))
-    return out
+    try:
+        value = yaml.safe_load(file.read_text())
+    except (OSError, ValueError, UnicodeDecodeError, RecursionError, yaml.YAMLError) as err:
+        raise _Damaged(f"{file.name} is missing or unreadable ({_reason(err)})") from None
+    if not isinstance(value, dict):
+        raise _Damaged(f"{file.name} is not a configuration mapping")
+    return value
+
+
+def _read_weights(file: Path) -> dict[str, torch.Tensor]:
+    try:
+        read_safetensors_header(file)
+        return load_file(str(file))
+    except FileNotFoundError:
+        raise _Damaged(f"{file.name} is missing") from None
+    except (ValueError, OSError, SafetensorError, MemoryError) as err:
+        raise _Damaged(f"{file.name} is damaged ({_reason(err).replace(str(file) + ': ', '')})") from None
+
+
+def _read_state(file: Path) -> dict[str, Any]:
+    import zipfile
+
+    try:
+        state = torch.load(file, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        if "Unsupported global" in str(err) or "not an allowed global" in str(err) or "WeightsUnpickler" in str(err):
+            raise _Damaged(
+                f"{file.name} holds objects outside the weights-only allow-list, which a training checkpoint never "
+                "does (a crafted or foreign file)"
+            ) from None
+        raise _Damaged(f"{file.name} is damaged ({_reason(err)})") from None
+    except (OSError, RuntimeError, EOFError, ValueError, zipfile.BadZipFile, MemoryError, TypeError) as err:
+        raise _Damaged(f"{file.name} is missing, truncated or damaged ({_reason(err)})") from None
+    if not isinstance(state, dict):
+        raise _Damaged(f"{file.name} is not a training state (a mapping of states and counters)")
+    return state
+
+
+def _alternatives(path: Path) -> str:
+    earlier = [p for p in CheckpointManager(path.parent).checkpoints() if p.name < path.name]
+    if earlier:
+        names = ", ".join(str(p) for p in reversed(earlier))
+        return f"resume from an earlier checkpoint ({names}) or start a fresh run"
+    return "no earlier checkpoint exists: start a fresh run (another train.output_dir)"
 
 
 def check_resume_target(run_dir: str | os.PathLike, resume: str | os.PathLike) -> None:
