@@ -10,7 +10,16 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistInfo", "all_gather_objects", "all_reduce_sum", "barrier", "cleanup", "init_distributed", "is_main"]
+__all__ = [
+    "DistInfo",
+    "all_gather_objects",
+    "all_reduce_sum",
+    "barrier",
+    "cleanup",
+    "init_distributed",
+    "is_main",
+    "resolve_device",
+]
 
 
 @dataclass(frozen=True)
@@ -31,20 +40,81 @@ class DistInfo:
         return self.rank == 0
 
 
+def _accepted_devices() -> str:
+    names = ["auto", "cpu"]
+    if torch.cuda.is_available():
+        count = torch.cuda.device_count()
+        names += ["cuda", f"cuda:0..{count - 1}" if count > 1 else "cuda:0"]
+    if _mps_available():
+        names.append("mps")
+    return ", ".join(names)
+
+
+def _mps_available() -> bool:
+    mps = getattr(torch.backends, "mps", None)
+    return bool(mps is not None and mps.is_available())
+
+
+def resolve_device(device: str | None, world_size: int = 1, local_rank: int = 0) -> torch.device:
+    """The device ``train.device`` names, checked against what this machine has.
+
+    Accepted: ``None`` / ``"auto"`` (CUDA when available, else the CPU), ``"cpu"``, ``"cuda"`` (under ``torchrun``:
+    the process's local rank), ``"cuda:N"`` (one process, N < the device count) and ``"mps"`` (where available).
+
+    Raises:
+        ValueError: Anything else, or a device this machine lacks (one line naming ``train.device``).
+    """
+    if device is not None and not isinstance(device, str):
+        raise ValueError(f"train.device must be a device name ({_accepted_devices()}), got {device!r}")
+    name = "auto" if device is None else device.strip().lower()
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cpu":
+        return torch.device("cpu")
+    if name == "mps":
+        if not _mps_available():
+            raise ValueError(f"train.device=mps: no Apple MPS device is available here; use {_accepted_devices()}")
+        if world_size > 1:
+            raise ValueError("train.device=mps runs one process; start it without torchrun")
+        return torch.device("mps")
+    kind, _, index = name.partition(":")
+    if kind != "cuda" or (index and not index.isdigit()):
+        raise ValueError(f"train.device={device!r} is not a device this project runs on; use {_accepted_devices()}")
+    if not torch.cuda.is_available():
+        raise ValueError(
+            f"train.device={device} was requested but no CUDA device is available; use train.device=cpu (--device cpu)"
+        )
+    count = torch.cuda.device_count()
+    if not index:
+        if local_rank >= count:
+            raise ValueError(f"this process has local rank {local_rank} but the machine has {count} CUDA device(s)")
+        return torch.device("cuda", local_rank)
+    if int(index) >= count:
+        raise ValueError(f"train.device={device}: this machine has {count} CUDA device(s); use {_accepted_devices()}")
+    if world_size > 1:
+        raise ValueError(
+            f"train.device={device} names one GPU but torchrun starts {world_size} processes: use train.device=cuda "
+            "(each process takes the GPU of its local rank)"
+        )
+    return torch.device("cuda", int(index))
+
+
 def init_distributed(device: str | None = None, timeout_s: int = 1800) -> DistInfo:
     """Join the process group that ``torchrun`` describes in the environment (or run alone without one).
 
     Args:
-        device: ``"cpu"``, ``"cuda"`` or ``None`` (CUDA when available). The backend follows it: gloo / NCCL.
+        device: ``train.device``: ``None`` / ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"mps"``
+            (:func:`resolve_device`). The backend follows it: NCCL on CUDA, gloo otherwise.
         timeout_s: Collective timeout.
+
+    Raises:
+        ValueError: An unknown device or one this machine lacks (one line).
     """
-    use_cuda = torch.cuda.is_available() if device is None else device.startswith("cuda")
-    if use_cuda and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' was requested but no CUDA device is available; use --device cpu")
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    dev = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
+    dev = resolve_device(device, world_size, local_rank)
+    use_cuda = dev.type == "cuda"
     if use_cuda:
         torch.cuda.set_device(dev)
     if world_size > 1 and not dist.is_initialized():
