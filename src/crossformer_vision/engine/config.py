@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import difflib
+import io
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
@@ -16,7 +17,16 @@ from typing import Any
 
 import yaml
 
-__all__ = ["apply_overrides", "config_diff", "load_config", "merge_config", "model_arguments_from", "save_config"]
+__all__ = [
+    "FRACTIONAL_KEYS",
+    "MAX_CONFIG_BYTES",
+    "apply_overrides",
+    "config_diff",
+    "load_config",
+    "merge_config",
+    "model_arguments_from",
+    "save_config",
+]
 
 
 @contextlib.contextmanager
@@ -69,39 +79,102 @@ def _parse(raw: str) -> Any:
     return value
 
 
-def _check_type(key: str, default: Any, value: Any, where: str) -> None:
-    """A number where the default is a number, a boolean where it is a boolean (None always allowed)."""
+#: Entries whose default is a whole number but which take fractions too (a warm-up of half an epoch).
+FRACTIONAL_KEYS = frozenset({"sched.warmup_epochs"})
+#: A config file larger than this is not read (a config is a few kB; a bigger file is the wrong file).
+MAX_CONFIG_BYTES = 10 * 2**20
+
+
+def _check_type(key: str, default: Any, value: Any, where: str) -> Any:
+    """``value`` for the entry ``key`` (dotted) whose default is ``default``, checked: a boolean where the default is
+    a boolean, a whole number where it is an int (``2.0`` becomes 2; :data:`FRACTIONAL_KEYS` excepted), a number
+    where it is a float (None always allowed, and anything where the default is None)."""
     if value is None or default is None:
-        return
+        return value
     if isinstance(default, bool):
         if not isinstance(value, bool):
             raise ValueError(f"{where}: {key} takes true or false, got {value!r}")
-    elif isinstance(default, (int, float)) and (isinstance(value, bool) or not isinstance(value, (int, float))):
-        raise ValueError(f"{where}: {key} takes a number, got {value!r}")
+    elif isinstance(default, (int, float)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"{where}: {key} takes a number, got {value!r}")
+        if isinstance(default, int) and isinstance(value, float) and key not in FRACTIONAL_KEYS:
+            if not value.is_integer():
+                raise ValueError(f"{where}: {key} takes a whole number, got {value!r}")
+            return int(value)
+    return value
+
+
+def _is_section(default: Any, key: str) -> bool:
+    """A section of named settings (``model``, ``train``); ``kwargs`` dicts are free-form arguments instead."""
+    return isinstance(default, dict) and bool(default) and key.rsplit(".", 1)[-1] != "kwargs"
+
+
+def _example(section: Mapping[str, Any]) -> tuple[str, Any]:
+    """A setting of ``section`` to show in a message: the first plain one (or the first)."""
+    for name, value in section.items():
+        if not isinstance(value, dict):
+            return name, value
+    return next(iter(section.items()))
+
+
+def _not_a_section(key: str, section: Mapping[str, Any], value: Any, where: str, override: bool) -> ValueError:
+    name, default = _example(section)
+    shown = "..." if isinstance(default, dict) or default is None else yaml.safe_dump(default, default_flow_style=True)
+    shown = shown.strip().removesuffix("...").strip() or "..."
+    example = f"{key}.{name}={shown}" if override else f"{key}: {{{name}: {shown}}}"
+    return ValueError(
+        f"{where}: {key} is a section of settings, not a value (got {value!r}); set its entries, e.g. {example}"
+    )
+
+
+def _not_a_mapping(key: str, value: Any, where: str, override: bool) -> ValueError:
+    if override:
+        example, clear = f"{key}.<argument>=<value>", f"{key}={{}}"
+    else:
+        example, clear = f"{key}: {{<argument>: <value>}}", f"{key}: {{}}"
+    return ValueError(
+        f"{where}: {key} takes a mapping of arguments, got {value!r}; set them with e.g. {example}, or clear it with "
+        f"{clear}"
+    )
 
 
 def merge_config(base: Mapping[str, Any], update: Mapping[str, Any], where: str = "config") -> dict[str, Any]:
     """``base`` updated recursively by ``update``; keys absent from ``base`` are refused (free-form ``kwargs`` dicts
-    excepted)."""
+    excepted), and so are values of the wrong kind (a value for a section, a fraction for a whole number). A section
+    given as null (an empty section in YAML) leaves the section as it is."""
+    return _merge(base, update, where, "")
+
+
+def _merge(base: Mapping[str, Any], update: Mapping[str, Any], where: str, prefix: str) -> dict[str, Any]:
     out = copy.deepcopy(dict(base))
     for key, value in update.items():
+        name = f"{prefix}{key}"
         if key not in out:
-            raise _unknown(key, out, where)
-        if isinstance(out[key], dict) and isinstance(value, Mapping) and key != "kwargs" and out[key]:
-            out[key] = merge_config(out[key], value, f"{where}.{key}")
-        elif isinstance(out[key], float) and isinstance(value, str):
-            out[key] = _parse(value)
-            _check_type(key, base[key], out[key], where)
-        else:
-            _check_type(key, out[key], value, where)
+            raise _unknown(str(name), _flatten(out, prefix), where)
+        default = out[key]
+        if _is_section(default, name):
+            if value is None:
+                continue
+            if not isinstance(value, Mapping):
+                raise _not_a_section(name, default, value, where, override=False)
+            out[key] = _merge(default, value, where, f"{name}.")
+        elif isinstance(default, dict):  # free-form arguments
+            if value is not None and not isinstance(value, Mapping):
+                raise _not_a_mapping(name, value, where, override=False)
             out[key] = copy.deepcopy(value)
+        elif isinstance(default, (int, float)) and not isinstance(default, bool) and isinstance(value, str):
+            out[key] = _check_type(name, default, _parse(value), where)  # YAML 1.1 reads "3e-4" as a string
+        else:
+            out[key] = _check_type(name, default, copy.deepcopy(value), where)
     return out
 
 
 def apply_overrides(cfg: Mapping[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
-    """Apply ``section.key=value`` strings (values parsed as YAML: ``3e-4``, ``[1,2]``, ``null``, ``true``)."""
+    """Apply ``section.key=value`` strings (values parsed as YAML: ``3e-4``, ``[1,2]``, ``null``, ``true``); a mapping
+    given for a section is merged into it."""
     out = copy.deepcopy(dict(cfg))
     flat = _flatten(out)
+    where = "command-line overrides"
     for item in overrides:
         if "=" not in item:
             raise ValueError(f"override {item!r} is not of the form key=value (e.g. optim.lr=1e-3)")
@@ -117,16 +190,54 @@ def apply_overrides(cfg: Mapping[str, Any], overrides: Iterable[str]) -> dict[st
         for i, part in enumerate(parts):
             free = "kwargs" in parts[:i]  # below a free-form kwargs dict any key is allowed
             if part not in node and not free:
-                raise _unknown(key, flat, "command-line overrides")
+                raise _unknown(key, flat, where)
             if i == len(parts) - 1:
-                if not free:
-                    _check_type(key, node.get(part), value, "command-line overrides")
-                node[part] = value
+                default = node.get(part)
+                if free:
+                    node[part] = value
+                elif _is_section(default, key):
+                    if not isinstance(value, Mapping):
+                        raise _not_a_section(key, default, value, where, override=True)
+                    node[part] = _merge(default, value, where, f"{key}.")
+                elif isinstance(default, dict):  # free-form arguments
+                    if value is not None and not isinstance(value, Mapping):
+                        raise _not_a_mapping(key, value, where, override=True)
+                    node[part] = value
+                else:
+                    node[part] = _check_type(key, default, value, where)
             else:
                 node = node.setdefault(part, {})
                 if not isinstance(node, dict):
                     raise ValueError(f"override {key!r}: {'.'.join(parts[: i + 1])} is a value, not a section")
     return out
+
+
+def _read_config_file(path: Path) -> Any:
+    """The YAML document of a config file; every way the file can be wrong is one line naming it."""
+    try:
+        size = path.stat().st_size
+        if size > MAX_CONFIG_BYTES:
+            raise ValueError(
+                f"{path} is {size / 2**20:.1f} MB, not a config file (the limit is {MAX_CONFIG_BYTES // 2**20} MB); "
+                "pass the YAML run configuration"
+            )
+        data = path.read_bytes()
+    except OSError as err:
+        raise ValueError(f"cannot read the config file {path}: {err.strerror or err}") from None
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise ValueError(
+            f"{path} is not a text file (byte {err.start} is not UTF-8); pass the YAML run configuration"
+        ) from None
+    stream = io.StringIO(text)
+    stream.name = str(path)  # YAML's error marks then name the file
+    try:
+        return yaml.safe_load(stream)
+    except yaml.YAMLError as err:
+        raise ValueError(f"{path} is not valid YAML: {' '.join(str(err).split())}") from None
+    except RecursionError:
+        raise ValueError(f"{path} is not valid YAML: nested too deeply") from None
 
 
 def load_config(
@@ -138,11 +249,9 @@ def load_config(
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"config file not found: {path}")
-        try:
-            with open(path) as stream:  # a stream: YAML's error marks then name the file
-                loaded = yaml.safe_load(stream) or {}
-        except yaml.YAMLError as err:
-            raise ValueError(f"{path} is not valid YAML: {' '.join(str(err).split())}") from None
+        loaded = _read_config_file(path)
+        if loaded is None:
+            loaded = {}
         if not isinstance(loaded, Mapping):
             raise ValueError(f"{path} must hold a mapping of config sections, got {type(loaded).__name__}")
         cfg = merge_config(cfg, loaded, str(path))
