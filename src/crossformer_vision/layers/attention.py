@@ -118,24 +118,20 @@ class GroupAttention(nn.Module):
         bias_grad = torch.is_grad_enabled() and any(p.requires_grad for p in self.pos.parameters())
         return self.fused_attn and not (bias_grad and x.device.type == "cpu")
 
-    # on CPU, groups of fewer tokens than this run the explicit path even when SDPA is allowed: SDPA's fused kernel
-    # works in blocks whose fixed cost dominates tiny groups (CrossFormer++'s 4x4 groups in stages 1-2: ~2x faster
-    # explicitly, fp32 and bf16; at 49 tokens and more the two are within noise of each other in fp32)
+    # The three CPU path choices below were each measured; the numbers are in docs/benchmarks.md, "Kernel choices".
+    # On CPU, groups of fewer tokens than this run the explicit path even when SDPA is allowed: SDPA's fused kernel
+    # works in blocks whose fixed cost dominates tiny groups (CrossFormer++'s 4x4 groups in stages 1-2).
     cpu_sdpa_min_tokens = 17
-    # bfloat16 on CPU: SDPA's fused kernel ran CrossFormer-S's 49-token groups ~25 % slower than explicit math (the
-    # attention alone, batch 32 at 224, all four stages: 241 against 176 ms per forward); with this path the whole
-    # bf16-weights model ran 7.6 % faster (paired median of 10 alternating in-process rounds). The explicit path rounds
-    # the scores to bf16 where SDPA keeps them in float32; the model's mean |logit error| against float32 stayed the
-    # same (0.00114 against 0.00113). Larger groups (CrossFormer++'s 196 tokens) stay with SDPA: little faster
-    # explicitly (16.4 -> 15.2 ms per call), and the scores' rounding matters more there.
+    # bfloat16 on CPU: SDPA's fused kernel is slower than explicit math on groups of up to 49 tokens (CrossFormer-S's
+    # 7x7 groups). The explicit path rounds the scores to bf16 where SDPA keeps them in float32, without raising the
+    # model's error against float32. Larger groups (CrossFormer++'s 196 tokens) stay with SDPA: little is gained
+    # explicitly there, and the scores' rounding matters more.
     cpu_bf16_sdpa_min_tokens = 50
 
     # float32 CPU inference: where SDPA would run and the scores of one group (all heads) fit in a core's L2, the
-    # explicit math runs a few groups at a time instead, so the scores never leave the cache (measured on 2 cores,
-    # batch 32 at 224: CrossFormer++-S's attention, mostly its 196-token groups, 465-470 -> 378-398 ms per forward, the
-    # whole model 4-5 % faster; CrossFormer-S 0-1 %, -B no change; benchmarks/speed.py has the whole-model figures).
-    # Only for calls whose scores add up to at least cpu_blocked_min_bytes: on less (CrossFormer-S at batch 1) the
-    # per-block op overhead outweighs it (224: 79.9 -> 82.4 ms, 448: 266 -> 270 ms per image with blocks there).
+    # explicit math runs a few groups at a time instead, so the scores never leave the cache (mostly a gain for
+    # CrossFormer++'s 196-token groups). Only for calls whose scores add up to at least cpu_blocked_min_bytes: on less
+    # (CrossFormer-S at batch 1) the per-block op overhead outweighs it.
     cpu_blocked_attention = True
     cpu_block_bytes = 1 << 18  # scores per block
     cpu_blocked_max_group_bytes = 1 << 21  # larger groups stay with SDPA's flash kernel (it never holds all scores)

@@ -90,8 +90,7 @@ def _use_unshuffle(convs: nn.ModuleList, mode: str) -> bool:
     if mode == "unshuffle":
         return True
     # "auto": the unshuffled form when weight gradients are computed (training) for kernels of 4+ times the stride
-    # (the stem: 1.3-1.5x faster per step at 32-224 pixels); the merges' 2x stride kernels run about twice as fast
-    # directly (benchmarks/conv_impl.py)
+    # (the stem); the merges' 2x stride kernels run faster directly (benchmarks/conv_impl.py; docs/benchmarks.md)
     stride, largest = convs[0].stride[0], max(c.kernel_size[0] for c in convs)
     return (
         largest >= 4 * stride

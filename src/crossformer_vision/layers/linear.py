@@ -7,11 +7,10 @@ float32 / bfloat16, no autograd, eager mode (not while compiling or exporting, n
 ``FlopCounterMode``). Anything else takes ``F.linear``.
 
 The training functions of :mod:`.recompute` run their forward multiply and the input gradient's multiply
-(``grad @ weight``) through the same kernel on CPU (:func:`dense_linear`, :func:`input_grad`): measured on
-CrossFormer-S's shapes with 2 threads, 8 % (forward) and 14 % (input gradient) less time than MKL's ``addmm`` /
-``mm``, which run the narrow stage-1 shapes (96 input channels) far below the matmul peak. The weight gradient
-stays with ``mm`` (oneDNN took 20-30 % longer there). oneDNN rounds differently from MKL: the values agree to
-float32 rounding, not bit for bit.
+(``grad @ weight``) through the same kernel on CPU (:func:`dense_linear`, :func:`input_grad`), because MKL's
+``addmm`` / ``mm`` run the narrow stage-1 shapes (96 input channels) far below the matmul peak; the weight gradient
+stays with ``mm``, where oneDNN is slower (docs/benchmarks.md, "Kernel choices"). oneDNN rounds differently from
+MKL: the values agree to float32 rounding, not bit for bit.
 
 Under CPU autocast to bfloat16 (which does not know this oneDNN op) the input is cast to bfloat16 and so are the
 weights, once per weight version (a cached copy per layer, dropped with the layer), as autocast would cast them for

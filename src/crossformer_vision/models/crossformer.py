@@ -371,11 +371,11 @@ class CrossFormer(nn.Module):
         """Recompute the activations of the embedding and of each block in the backward pass instead of keeping them.
 
         The last stage's blocks keep theirs unless ``last_stage``: their maps have 1/64 of the first stage's tokens
-        (at 8x the channels), they are freed before the backward pass reaches the first stages, where the peak is,
-        and recomputing them costs as much as any other block (2 of CrossFormer-S's 12; CPU, batch 16: 4.70 against
-        5.07 s/step at the same peak RSS, median of four alternating processes each).
+        (at 8x the channels) and are freed before the backward pass reaches the first stages, where the peak is, so
+        recomputing them would cost time without lowering the peak.
         With ``release_memory`` the free pages of glibc's heap go back to the kernel between stages (forward and
         backward), which is where most of the saving in peak RSS comes from on CPU (see ``utils/allocator.py``).
+        Measurements: docs/benchmarks.md, "Gradient checkpointing".
         """
         self.grad_checkpointing = enable
         last = len(self.layers) - 1
@@ -386,8 +386,7 @@ class CrossFormer(nn.Module):
     def _embed(self, x: torch.Tensor) -> torch.Tensor:
         """The cross-scale embedding, checkpointed with the blocks: its padded and unshuffled copies of the image and
         its convolutions' outputs would otherwise stay alive for the whole step, under the stage-1 blocks' forward,
-        where the peak is (CrossFormer-S, batch 16, CPU: 60 MiB less in use there, peak RSS 1.70-1.74 -> 1.62-1.67 GiB
-        with the last stage's change below; recomputing it costs 0.05-0.14 s of a ~5 s step)."""
+        where the peak is; recomputing it is cheap (docs/benchmarks.md, "Gradient checkpointing")."""
         if self.grad_checkpointing and torch.is_grad_enabled() and not torch.jit.is_scripting():
             return self.pos_drop(checkpoint(self.patch_embed, x, use_reentrant=False))
         return self.pos_drop(self.patch_embed(x))

@@ -2,30 +2,24 @@
 
 PyTorch's CPU allocator has no cache: each large tensor is a fresh ``malloc``, which glibc serves with ``mmap`` and
 returns with ``munmap``. Every forward pass (and training step) then touches its activation pages for the first time
-again: about 450 000 page faults per CrossFormer-S training step at batch 16 with 4 KiB pages, ~0.8 s of kernel time
-on 2 cores (``benchmarks/speed.py``). With ``mmap`` off for ``malloc`` and no trimming of the heap, freed blocks are
-reused as they are and (almost) nothing faults; the peak RSS is that of the largest pass plus fragmentation.
+again, and on a small CPU those page faults are a large share of the time. With ``mmap`` off for ``malloc`` and no
+trimming of the heap, freed blocks are reused as they are and (almost) nothing faults; the peak RSS is that of the
+largest pass plus fragmentation.
 
-It trades memory for time. Measured on 2 cores with huge pages on (alternating processes):
-
-* inference, CrossFormer-S, batch 32, 224: fp32 13.3-14.2 -> 15.7-16.5 img/s (medians of three processes each),
-  bf16 autocast 24.3-25.4 -> 26.1-28.8 img/s, peak RSS 1.25-1.30 -> 1.51-1.72 GiB; batch 1 at 1344: 0.37 -> 0.46 img/s,
-  1.43 -> 1.72 GiB;
-* training, CrossFormer-S, batch 16: ~6 % faster steps (median 3.38 vs 3.59 s) but peak RSS 2.82-2.88 ->
-  3.14-3.30 GiB.
-
-So the ``crossformer`` CLI turns it on for its inference commands (``eval``, ``predict``, ``seg eval|predict``,
-``det eval|predict``) and leaves it off for training; ``CROSSFORMER_KEEP_FREED_MEMORY=1`` turns it on for every
-command, ``=0`` for none. In your own script, call :func:`keep_freed_memory` yourself, early.
+It trades memory for time: inference gets faster for some more peak RSS, training only a little faster for a
+larger rise in peak RSS (the numbers: docs/benchmarks.md, "The allocator"). So the ``crossformer`` CLI turns it on
+for its inference commands (``eval``, ``predict``, ``seg eval|predict``, ``det eval|predict``) and leaves it off for
+training; ``CROSSFORMER_KEEP_FREED_MEMORY=1`` turns it on for every command, ``=0`` for none. In your own script,
+call :func:`keep_freed_memory` yourself, early.
 
 For training, a different allocator does better than either: gperftools' tcmalloc caches freed memory itself,
 without glibc's fragmentation. Where it is installed (Debian/Ubuntu: ``apt install libtcmalloc-minimal4``), the CLI's
 training commands restart themselves once, first thing, with it in ``LD_PRELOAD`` (:func:`preload_tcmalloc`; same
 PID and command line, so ``torchrun`` and signals are unaffected) and say so on stderr; ``CROSSFORMER_TCMALLOC=0``
-keeps the default allocator, ``=1`` asks for tcmalloc for every command (an error if it is not installed). Measured
-on CrossFormer-S training at batch 16 (``benchmarks/speed.py --training-only``, 3 rounds, 2026-12-01 03:01): 3.14
-s/step at 2.37 GiB peak RSS, against 3.44 s at 2.89 GiB with huge pages only. In your own script, preload it
-yourself (``LD_PRELOAD``, or ``python -m torch.backends.xeon.run_cpu --enable-tcmalloc``).
+keeps the default allocator, ``=1`` asks for tcmalloc for every command (an error if it is not installed). It gives
+the fastest training steps at the lowest peak RSS of the allocators measured (``benchmarks/speed.py
+--training-only``; docs/benchmarks.md). In your own script, preload it yourself (``LD_PRELOAD``, or
+``python -m torch.backends.xeon.run_cpu --enable-tcmalloc``).
 """
 
 from __future__ import annotations
@@ -70,9 +64,8 @@ def release_freed_memory() -> bool:
     :func:`keep_freed_memory` was called. Returns whether memory was released.
 
     Blocks under glibc's mmap threshold (up to 32 MiB once large blocks have been freed) live in the heap, and a freed
-    block below a live one stays resident. Gradient checkpointing calls this between stages: measured on
-    CrossFormer-S training (batch 16, 224, 2 cores) it lowers the peak RSS from 1.87-1.98 to 1.67-1.71 GiB, at ~5 ms
-    a call.
+    block below a live one stays resident. Gradient checkpointing calls this between stages, where it lowers the
+    peak RSS for a few milliseconds a call (docs/benchmarks.md, "Gradient checkpointing").
     """
     libc = _glibc()
     if libc is None or _state["done"]:
@@ -104,7 +97,7 @@ def keep_freed_memory_wanted(command: str, subcommand: str | None = None, env: d
     """Whether the CLI should call :func:`keep_freed_memory` for this command.
 
     ``CROSSFORMER_KEEP_FREED_MEMORY`` decides when set (``1``: yes, ``0``: no); otherwise inference commands get it
-    and training does not (there it would cost ~0.3 GiB of peak RSS for ~6 % of step time).
+    and training does not (there it costs more peak RSS than the step time it saves).
     """
     switch = _env_switch("CROSSFORMER_KEEP_FREED_MEMORY", env)
     return (command, subcommand) in INFERENCE_COMMANDS if switch is None else switch
