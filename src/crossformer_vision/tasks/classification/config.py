@@ -1,4 +1,4 @@
-"""Classification run configuration: the defaults are the paper's ImageNet recipe (architecture.md §5)."""
+"""Classification run configuration: the defaults are the paper's ImageNet recipe (docs/classification.md, "Recipe")."""
 
 from __future__ import annotations
 

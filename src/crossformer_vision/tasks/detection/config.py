@@ -1,9 +1,9 @@
 """Detection run configuration and the detector it describes.
 
-The defaults are the paper's COCO 1x recipe (docs/detection.md; the official mmdetection configs): AdamW lr 1e-4 at
-16 images per step, weight decay 1e-4 on every parameter, no gradient clipping, 12 epochs, lr x0.1 after epochs 8 and
-11, 500 linear warm-up iterations from 0.001 x lr, images resized to shorter side 800 / longer side <= 1333, random
-horizontal flip, images without objects left out of training. ``16 = train.batch_size x processes x
+The defaults are the paper's COCO 1x recipe (docs/detection.md, "Recipe"; the official mmdetection configs): AdamW
+lr 1e-4 at 16 images per step, weight decay 1e-4 on every parameter, no gradient clipping, 12 epochs, lr x0.1 after
+epochs 8 and 11, 500 linear warm-up iterations from 0.001 x lr, images resized to shorter side 800 / longer side <=
+1333, random horizontal flip, images without objects left out of training. ``16 = train.batch_size x processes x
 train.accum_steps``; the learning rate is scaled linearly when that product differs from ``optim.base_batch``.
 """
 
