@@ -1,9 +1,10 @@
 """Image folders in ImageNet layout (``<root>/<split>/<class>/<image>``), robust to the usual bad input.
 
-* images of any mode are converted to RGB (grey, palette, CMYK; RGBA drops alpha; 16-bit grey is scaled to
-  8 bits, not clipped);
-* unreadable or corrupt files are skipped and counted (:class:`SkippedSample` markers, dropped by
-  :func:`collate_skipping`), or raise by choice (``on_error="raise"``);
+* images are read by :func:`.images.read_rgb`, the reader of every task: any mode becomes RGB (grey, palette,
+  CMYK; RGBA drops alpha; 16-bit grey is scaled to 8 bits, not clipped);
+* unreadable or corrupt files and images over Pillow's decompression-bomb limit are skipped and counted
+  (:class:`SkippedSample` markers with the file and its own reason, dropped by :func:`collate_skipping`), or raise
+  by choice (``on_error="raise"``);
 * a missing split, an empty class folder, and different class sets between splits are explained.
 """
 
