@@ -30,7 +30,7 @@ from torchvision.ops import FeaturePyramidNetwork, MultiScaleRoIAlign, box_iou
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool, LastLevelP6P7
 from torchvision.ops.poolers import LevelMapper
 
-from crossformer_vision.tasks.detection import (
+from crossformer_vision.tasks.detection.mm_convert import (
     ZERO_FILLED,
     MMAnchorGenerator,
     MMLastLevelP6P7,

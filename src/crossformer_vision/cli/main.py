@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
             print(notice, file=sys.stderr, flush=True)
     from ..engine.checkpoint import CheckpointWriteError
     from ..engine.distributed import cleanup
-    from ..engine.trainer import TrainingDivergedError
+    from ..engine.trainer import TrainingDivergedError, TrainingInterrupted
 
     args, extra = build_parser().parse_known_args(argv)
     if extra:
@@ -99,23 +99,53 @@ def main(argv: list[str] | None = None) -> int:
         if argv is None and keep_freed_memory_wanted(args.command, subcommand):
             keep_freed_memory()
         return int(args._run(args) or 0)
+    except TrainingInterrupted as err:  # Ctrl-C during training: the message says how to resume
+        if _debug():
+            raise
+        print(f"crossformer {args.command}: {err}", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        if _debug():
+            raise
+        print(f"crossformer {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except MemoryError as err:
+        if _debug():
+            raise
+        detail = f" ({_one_line(err)})" if str(err) else ""
+        print(
+            f"crossformer {args.command}: error: out of memory{detail}; use smaller batches or images, or a machine "
+            "with more memory",
+            file=sys.stderr,
+        )
+        return 2
     except (
         ValueError,
         TypeError,
-        FileNotFoundError,
-        PermissionError,
+        OSError,  # FileNotFoundError, PermissionError, IsADirectoryError, a full disk (models.io.FileWriteError), ...
         CheckpointWriteError,
         TrainingDivergedError,
     ) as err:
-        if os.environ.get("CROSSFORMER_DEBUG", "0") != "0":
+        if _debug():
             raise
         hint = " (CROSSFORMER_DEBUG=1 shows where it came from)" if isinstance(err, TypeError) else ""
-        print(f"crossformer {args.command}: error: {err}{hint}", file=sys.stderr)
+        print(f"crossformer {args.command}: error: {_one_line(err)}{hint}", file=sys.stderr)
         return 2
     finally:
         # a process group left to interpreter exit can abort there (gloo's worker threads: "terminate called without
         # an active exception", seen in about one 2-process run in ten)
         cleanup()
+
+
+def _debug() -> bool:
+    """CROSSFORMER_DEBUG=1: let errors propagate with their traceback."""
+    return os.environ.get("CROSSFORMER_DEBUG", "0") != "0"
+
+
+def _one_line(err: BaseException) -> str:
+    """The error's message on one line (library messages can span several)."""
+    text = str(err).strip()
+    return " ".join(part.strip() for part in text.splitlines() if part.strip()) if text else type(err).__name__
 
 
 if __name__ == "__main__":

@@ -90,7 +90,9 @@ def bundled_image() -> Image.Image:
 
 def forward_table(console: Console, variants: list[str], image_path: str | None) -> None:
     """One forward pass per variant on an image with its pretrained-config preprocessing (random weights)."""
-    image = Image.open(image_path).convert("RGB") if image_path else bundled_image()
+    from ..data.images import read_rgb
+
+    image = read_rgb(image_path) if image_path else bundled_image()
     table = Table(title=f"one forward pass per variant on a {image.width}x{image.height} image (random weights)")
     for col in ("variant", "input", "features [B,H,W,C]", "stage maps C@HxW", "logits", "ms"):
         table.add_column(col)

@@ -108,18 +108,17 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _test_time_options(args: argparse.Namespace) -> dict:
+    """The options of ``_test_time`` and ``--trust-checkpoint`` as keyword arguments of eval / predict."""
+    return dict(
+        mode=args.mode, multi_scale=args.ms, flip=args.flip, lda_rule=args.lda_rule, trusted=args.trust_checkpoint
+    )
+
+
 def _eval(args: argparse.Namespace) -> int:
     from ..tasks.segmentation.evaluate import evaluate_checkpoint
 
-    out = evaluate_checkpoint(
-        args.checkpoint,
-        args.overrides,
-        mode=args.mode,
-        multi_scale=args.ms,
-        flip=args.flip,
-        lda_rule=args.lda_rule,
-        trusted=args.trust_checkpoint,
-    )
+    out = evaluate_checkpoint(args.checkpoint, args.overrides, **_test_time_options(args))
     if not out.pop("is_main"):
         return 0
     if args.json:
@@ -141,17 +140,8 @@ def _predict(args: argparse.Namespace) -> int:
 
     from ..tasks.segmentation.predict import predict_images
 
-    results = predict_images(
-        args.checkpoint,
-        args.inputs,
-        args.output_dir,
-        mode=args.mode,
-        multi_scale=args.ms,
-        flip=args.flip,
-        lda_rule=args.lda_rule,
-        trusted=args.trust_checkpoint,
-        device=args.device,
-    )
+    options = _test_time_options(args)
+    results = predict_images(args.checkpoint, args.inputs, args.output_dir, device=args.device, **options)
     require_some_readable(results)
     if args.json:
         print(json.dumps(results, indent=1))

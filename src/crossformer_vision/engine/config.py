@@ -18,7 +18,6 @@ from typing import Any
 import yaml
 
 __all__ = [
-    "FRACTIONAL_KEYS",
     "MAX_CONFIG_BYTES",
     "apply_overrides",
     "config_diff",
@@ -79,15 +78,13 @@ def _parse(raw: str) -> Any:
     return value
 
 
-#: Entries whose default is a whole number but which take fractions too (a warm-up of half an epoch).
-FRACTIONAL_KEYS = frozenset({"sched.warmup_epochs"})
 #: A config file larger than this is not read (a config is a few kB; a bigger file is the wrong file).
 MAX_CONFIG_BYTES = 10 * 2**20
 
 
 def _check_type(key: str, default: Any, value: Any, where: str) -> Any:
     """``value`` for the entry ``key`` (dotted) whose default is ``default``, checked: a boolean where the default is
-    a boolean, a whole number where it is an int (``2.0`` becomes 2; :data:`FRACTIONAL_KEYS` excepted), a number
+    a boolean, a whole number where it is an int (``2.0`` becomes 2), a number
     where it is a float (None always allowed, and anything where the default is None)."""
     if value is None or default is None:
         return value
@@ -97,7 +94,7 @@ def _check_type(key: str, default: Any, value: Any, where: str) -> Any:
     elif isinstance(default, (int, float)):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ValueError(f"{where}: {key} takes a number, got {value!r}")
-        if isinstance(default, int) and isinstance(value, float) and key not in FRACTIONAL_KEYS:
+        if isinstance(default, int) and isinstance(value, float):
             if not value.is_integer():
                 raise ValueError(f"{where}: {key} takes a whole number, got {value!r}")
             return int(value)

@@ -64,7 +64,7 @@ DEFAULTS: dict[str, Any] = {
     "sched": {
         "name": "cosine",
         "epochs": 300,
-        "warmup_epochs": 20,
+        "warmup_epochs": 20.0,  # a float: fractions of an epoch are allowed
         "warmup_lr": 5.0e-7,  # per base_batch, scaled like lr
         "min_lr": 5.0e-6,  # per base_batch, scaled like lr
     },

@@ -5,14 +5,11 @@ visualisation, and runs with the module roles of every task: ``config``, ``data`
 
 from .backbones import (
     BACKBONE_NAMES,
-    DENSE_GROUP_SIZE,
-    DENSE_INTERVAL,
     TIMM_BACKBONES,
     DetectionBackbone,
     TimmTrunk,
     build_detection_backbone,
     build_trunk,
-    default_lda_rule,
 )
 from .coco_eval import COCO_METRIC_NAMES, CocoEvaluator, masks_to_rle, predictions_to_coco
 from .config import DEFAULTS as DETECTION_DEFAULTS
@@ -20,20 +17,7 @@ from .config import build_model as build_detector_from_config
 from .data import COCO_CLASSES, detection_dataset
 from .detectors import FasterRCNNDetector, MaskRCNNDetector, RetinaNetDetector, check_targets
 from .evaluate import evaluate_checkpoint, evaluate_detector
-from .mm_convert import (
-    ZERO_FILLED,
-    MMAnchorGenerator,
-    MMLastLevelP6P7,
-    MMMultiScaleRoIAlign,
-    convert_mmdet_bbox_head,
-    convert_mmdet_fpn,
-    convert_mmdet_mask_head,
-    convert_mmdet_mask_rcnn,
-    convert_mmdet_retina_head,
-    convert_mmdet_retinanet,
-    convert_mmdet_rpn_head,
-    mmdet_map_roi_levels,
-)
+from .mm_convert import MMAnchorGenerator, MMLastLevelP6P7, MMMultiScaleRoIAlign
 from .model import DETECTOR_TYPES, build_detector, list_detectors, parse_detector_name
 from .recipes import MULTI_SCALE_MIN_SIZES, RECIPES, DetectionRecipe, get_recipe
 from .train import train as train_detector
@@ -44,14 +28,11 @@ __all__ = [
     "BACKBONE_NAMES",
     "COCO_CLASSES",
     "COCO_METRIC_NAMES",
-    "DENSE_GROUP_SIZE",
-    "DENSE_INTERVAL",
     "DETECTION_DEFAULTS",
     "DETECTOR_TYPES",
     "MULTI_SCALE_MIN_SIZES",
     "RECIPES",
     "TIMM_BACKBONES",
-    "ZERO_FILLED",
     "CocoEvaluator",
     "DetectionBackbone",
     "DetectionRecipe",
@@ -69,14 +50,6 @@ __all__ = [
     "build_detector_from_mmdet",
     "build_trunk",
     "check_targets",
-    "convert_mmdet_bbox_head",
-    "convert_mmdet_fpn",
-    "convert_mmdet_mask_head",
-    "convert_mmdet_mask_rcnn",
-    "convert_mmdet_retina_head",
-    "convert_mmdet_retinanet",
-    "convert_mmdet_rpn_head",
-    "default_lda_rule",
     "detect",
     "detection_dataset",
     "detection_to_json",
@@ -89,7 +62,6 @@ __all__ = [
     "load_image",
     "load_mmdet_checkpoint",
     "masks_to_rle",
-    "mmdet_map_roi_levels",
     "parse_detector_name",
     "predict_and_save",
     "predictions_to_coco",

@@ -31,29 +31,19 @@ from torch import Tensor, nn
 from torchvision.ops import FeaturePyramidNetwork
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
-from ...models import (
-    DENSE_GROUP_SIZE,
-    DENSE_INTERVAL,
-    CrossFormerBackbone,
-    create_model,
-    create_timm_model,
-    list_variants,
-    load_official_state_dict,
-)
-from ...models import dense_lda_rule as default_lda_rule
+from ...models import CrossFormerBackbone, create_model, create_timm_model, list_variants, load_official_state_dict
+from ...models.registry import DENSE_GROUP_SIZE, DENSE_INTERVAL
+from ...models.registry import dense_lda_rule as default_lda_rule
 from .mm_convert import MMLastLevelP6P7
 
 __all__ = [
     "BACKBONE_NAMES",
-    "DENSE_GROUP_SIZE",
-    "DENSE_INTERVAL",
     "PYRAMIDS",
     "TIMM_BACKBONES",
     "DetectionBackbone",
     "TimmTrunk",
     "build_detection_backbone",
     "build_trunk",
-    "default_lda_rule",
     "trunk_stages",
 ]
 

@@ -86,6 +86,19 @@ def _check_consumed(entries: Mapping[str, Tensor], used: set[str], what: str, pr
         )
 
 
+def _renamed(
+    entries: Mapping[str, Tensor], names: Mapping[str, str], dst_prefix: str
+) -> tuple[dict[str, Tensor], set[str]]:
+    """``{dst_prefix + names[m] + .weight / .bias: entries[m + .weight / .bias]}`` and the source keys it used."""
+    out: dict[str, Tensor] = {}
+    used: set[str] = set()
+    for src, dst in names.items():
+        for param in ("weight", "bias"):
+            out[f"{dst_prefix}{dst}.{param}"] = entries[f"{src}.{param}"]
+            used.add(f"{src}.{param}")
+    return out, used
+
+
 def _num_indexed(entries: Mapping[str, Tensor], group: str) -> int:
     indices = {int(k.split(".")[1]) for k in entries if k.startswith(group + ".")}
     if indices != set(range(len(indices))):
@@ -139,11 +152,7 @@ def convert_mmdet_fpn(
             f"fpn_convs.{num_laterals}.conv": "extra_blocks.p6",
             f"fpn_convs.{num_laterals + 1}.conv": "extra_blocks.p7",
         }
-    out, used = {}, set()
-    for src, dst in names.items():
-        for param in ("weight", "bias"):
-            out[f"{dst_prefix}{dst}.{param}"] = entries[f"{src}.{param}"]
-            used.add(f"{src}.{param}")
+    out, used = _renamed(entries, names, dst_prefix)
     _check_consumed(entries, used, "FPN", src_prefix)
     return out
 
@@ -166,11 +175,7 @@ def convert_mmdet_retina_head(
         if n != 4:  # torchvision's RetinaNet heads hard-code four convolutions
             raise ValueError(f"{src_prefix}{branch}: torchvision's RetinaNetHead has 4 stacked convs, got {n}")
         names |= {f"{branch}.{i}.conv": f"{dst}.conv.{i}.0" for i in range(n)}
-    out, used = {}, set()
-    for src, dst in names.items():
-        for param in ("weight", "bias"):
-            out[f"{dst_prefix}{dst}.{param}"] = entries[f"{src}.{param}"]
-            used.add(f"{src}.{param}")
+    out, used = _renamed(entries, names, dst_prefix)
     _check_consumed(entries, used, "RetinaHead", src_prefix)
     return out
 
@@ -186,11 +191,7 @@ def convert_mmdet_rpn_head(
     """
     entries = _take(state_dict, src_prefix)
     names = {"rpn_conv": "conv.0.0", "rpn_cls": "cls_logits", "rpn_reg": "bbox_pred"}
-    out, used = {}, set()
-    for src, dst in names.items():
-        for param in ("weight", "bias"):
-            out[f"{dst_prefix}{dst}.{param}"] = entries[f"{src}.{param}"]
-            used.add(f"{src}.{param}")
+    out, used = _renamed(entries, names, dst_prefix)
     if entries["rpn_reg.weight"].shape[0] != 4 * entries["rpn_cls.weight"].shape[0]:
         raise ValueError(
             f"{src_prefix}rpn_cls has {entries['rpn_cls.weight'].shape[0]} outputs; torchvision's RPN needs one "
@@ -249,12 +250,8 @@ def convert_mmdet_mask_head(
     """
     entries = _take(state_dict, src_prefix)
     n = _num_indexed(entries, "convs")
-    out, used = {}, set()
     names = {f"convs.{i}.conv": f"mask_head.{i}.0" for i in range(n)} | {"upsample": "mask_predictor.conv5_mask"}
-    for src, dst in names.items():
-        for param in ("weight", "bias"):
-            out[f"{dst_prefix}{dst}.{param}"] = entries[f"{src}.{param}"]
-            used.add(f"{src}.{param}")
+    out, used = _renamed(entries, names, dst_prefix)
     for param in ("weight", "bias"):
         out[f"{dst_prefix}mask_predictor.mask_fcn_logits.{param}"] = _with_background_first(
             entries[f"conv_logits.{param}"], 1

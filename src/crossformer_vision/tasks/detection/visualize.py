@@ -22,16 +22,11 @@ def _color(label: int) -> tuple[int, int, int]:
 
 
 def load_image(path: str | os.PathLike) -> Tensor:
-    """An image file as uint8 ``[3, H, W]`` RGB."""
-    import numpy as np
-    from PIL import Image, UnidentifiedImageError
+    """An image file as uint8 ``[3, H, W]`` RGB (:func:`crossformer_vision.data.images.read_rgb_array`: unreadable
+    files and decompression bombs are a ``ValueError`` naming the file)."""
+    from ...data.images import read_rgb_array
 
-    try:
-        with Image.open(path) as file:
-            array = np.asarray(file.convert("RGB"))
-    except (OSError, UnidentifiedImageError, ValueError) as exc:
-        raise ValueError(f"{path}: cannot read the image: {exc}") from exc
-    return torch.from_numpy(array.copy()).permute(2, 0, 1)
+    return torch.from_numpy(read_rgb_array(path)).permute(2, 0, 1)
 
 
 def _as_uint8(image: Tensor) -> Tensor:

@@ -12,7 +12,8 @@
   imported on use. Models are opened by :func:`crossformer_vision.engine.loading.load_model`.
 """
 
-from .backbones import TIMM_ALIASES, TimmBackbone, build_backbone, build_crossformer_backbone, default_lda_rule
+from ...models.registry import dense_lda_rule as default_lda_rule
+from .backbones import TIMM_ALIASES, TimmBackbone, build_backbone, build_crossformer_backbone
 from .convert import describe_mmseg_state_dict, load_mmseg_checkpoint, segmentor_from_mmseg
 from .heads import ConvModule, FCNHead, FPNHead, UPerHead, Upsample, resize_logits
 from .metrics import SegmentationMetric, intersect_and_union, summarize_areas

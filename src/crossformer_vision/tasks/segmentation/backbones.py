@@ -18,25 +18,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ...models import (
-    DENSE_GROUP_SIZE,
-    DENSE_INTERVAL,
-    CrossFormerBackbone,
-    create_model,
-    create_timm_model,
-    list_variants,
-    load_official_state_dict,
-)
-from ...models import dense_lda_rule as default_lda_rule
+from ...models import CrossFormerBackbone, create_model, create_timm_model, list_variants, load_official_state_dict
+from ...models.registry import DENSE_GROUP_SIZE, DENSE_INTERVAL
+from ...models.registry import dense_lda_rule as default_lda_rule
 
 __all__ = [
-    "DENSE_GROUP_SIZE",
-    "DENSE_INTERVAL",
     "TIMM_ALIASES",
     "TimmBackbone",
     "build_backbone",
     "build_crossformer_backbone",
-    "default_lda_rule",
     "is_crossformer",
     "resolve_timm_name",
 ]

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ...data.segmentation import collate
+from ...data.segmentation import check_pairs, collate
 from ...engine.loading import model_metadata
 from ...engine.plots import plot_curves
 from ...engine.run import loop_config, prepare_run
@@ -126,7 +126,8 @@ def train(cfg: dict[str, Any], resume: str | Path | None = None, force_resume: b
     settings = inference_settings(cfg)
     train_set, val_set, classes = build_datasets(cfg)
     assert train_set is not None
-    _check_pairs(val_set, "validation")
+    check_pairs(val_set, what="validation set")  # before training, not at the final evaluation
+    check_pairs(train_set, what="training set", drop=True)
 
     model = build_model(cfg, len(classes), class_names=classes)
     palette = palette_of(model)
@@ -205,12 +206,3 @@ def train(cfg: dict[str, Any], resume: str | Path | None = None, force_resume: b
             images, preds, gts = zip(*last_eval["examples"])
             save_overlays(images, preds, gts, run.run_dir / "overlays.png", palette, mean=None, std=None)
     return {**result, "table": last_eval["table"]}
-
-
-def _check_pairs(dataset: Any, split: str) -> None:
-    """Every image / mask pair of ``split`` readable and of one size, checked before training (not at the end)."""
-    from ...data import segmentation as seg_data
-
-    check = getattr(seg_data, "check_pairs", None)
-    if check is not None:
-        check(dataset, split=split)
