@@ -12,8 +12,8 @@ from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from crossformer_vision.tasks.segmentation import build_segmentor
 from crossformer_vision.engine.loading import load_model
+from crossformer_vision.tasks.segmentation import build_segmentor
 from crossformer_vision.tasks.segmentation.convert import convert_mmseg
 from crossformer_vision.tasks.segmentation.predict import predict_images
 

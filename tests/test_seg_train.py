@@ -19,12 +19,12 @@ from crossformer_vision.cli.main import main
 from crossformer_vision.configs import list_presets, resolve_config
 from crossformer_vision.data.segmentation import seg_demo
 from crossformer_vision.engine import DistInfo, LoopConfig, Trainer, load_config, read_metrics
+from crossformer_vision.engine.loading import load_model
 from crossformer_vision.tasks.segmentation import build_segmentor, list_segmentors, summarize_areas
 from crossformer_vision.tasks.segmentation.config import DEFAULTS, InferenceSettings
-from crossformer_vision.engine.loading import load_model
 from crossformer_vision.tasks.segmentation.evaluate import evaluate_segmentor, majority_baseline
-from crossformer_vision.tasks.segmentation.tta import scaled_sizes
 from crossformer_vision.tasks.segmentation.train import param_groups, poly_warmup_factor
+from crossformer_vision.tasks.segmentation.tta import scaled_sizes
 from train_utils import run_cli
 
 TINY_SEG = [
