@@ -24,11 +24,18 @@ from .metrics_logger import MetricsLogger
 from .rng import get_rng_state, seed_step, set_rng_state
 from .sampling import ResumableSampler, SeededDataset
 
-__all__ = ["LoopConfig", "Trainer", "TrainingDivergedError", "autocast_context"]
+#: What every checkpoint's ``state.pt`` holds (:meth:`Trainer._train_state`).
+_STATE_KEYS = ("optimizer", "scheduler", "scaler", "rng", "epoch", "step_in_epoch", "global_step", "global_batch")
+
+__all__ = ["LoopConfig", "Trainer", "TrainingDivergedError", "TrainingInterrupted", "autocast_context"]
 
 
 class TrainingDivergedError(RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is left as it was."""
+
+
+class TrainingInterrupted(Exception):
+    """Training was stopped with Ctrl-C (SIGINT); the message names the last complete checkpoint and how to resume."""
 
 
 #: Mixed-precision names and their autocast dtypes.
@@ -52,6 +59,7 @@ class LoopConfig:
         keep_last: Checkpoints kept.
         max_steps: Stop after this many optimizer steps in all (None: run all epochs).
         progress: Show a progress bar (main process).
+        length_keys: The config keys that set the run's length, named when a resumed run has nothing left to train.
     """
 
     epochs: int = 1
@@ -65,6 +73,7 @@ class LoopConfig:
     keep_last: int = 3
     max_steps: int | None = None
     progress: bool = True
+    length_keys: tuple[str, ...] = ("sched.epochs", "train.max_steps")
 
     #: The run-config key behind each field, for error messages.
     CONFIG_KEYS: ClassVar[dict[str, str]] = {
@@ -89,6 +98,10 @@ class LoopConfig:
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 what = "a whole number" + (f" >= {low}" if low else " >= 0")
                 raise ValueError(f"{self.CONFIG_KEYS[name]} must be {what}, got {value!r}")
+        keys = self.length_keys
+        if isinstance(keys, str) or not keys or not all(isinstance(k, str) and k for k in keys):
+            raise ValueError(f"LoopConfig.length_keys must be a non-empty tuple of config keys, got {keys!r}")
+        self.length_keys = tuple(keys)
         if self.amp is not None and self.amp not in AMP_DTYPES:
             raise ValueError(f"train.amp must be 'bf16', 'fp16' or null, got {self.amp!r}")
 
@@ -225,6 +238,12 @@ class Trainer:
         """Restore everything from a checkpoint directory (or a run directory: its latest checkpoint)."""
         ckpt = load_training_checkpoint(path)
         state = ckpt["state"]
+        missing = [k for k in _STATE_KEYS if k not in state]
+        if missing:
+            raise ValueError(
+                f"cannot resume from {ckpt['path']}: its state.pt lacks {', '.join(missing)} (not a checkpoint of this "
+                "training loop); resume from another checkpoint or start a fresh run"
+            )
         if state["global_batch"] != self.sampler.global_batch:
             raise ValueError(
                 f"cannot resume {ckpt['path']} exactly: it was trained with a global batch of {state['global_batch']} "
@@ -320,12 +339,57 @@ class Trainer:
         if loop.max_steps is not None:
             total = min(total, loop.max_steps)
         if resume is not None and (self.global_step >= total or self.epoch >= loop.epochs):
+            return self._resume_at_the_end(total)
+        try:
+            return self._fit(total)
+        except KeyboardInterrupt:
+            raise self._interrupted() from None
+
+    def _resume_at_the_end(self, total: int) -> dict[str, float]:
+        """A resumed checkpoint with no step left to train.
+
+        A run that finished (``final.safetensors`` written) or a checkpoint beyond this run's end is a mistake: the
+        run length was not raised. A checkpoint at the end of a run that did not finish (it stopped in the final
+        evaluation, or after it) goes on to the final evaluation: here when the checkpoint was taken before it (a
+        periodic checkpoint on the last step), else by the task (``fit`` returns no metrics when it trained nothing).
+        """
+        loop = self.loop
+        finished = (self.run_dir / "final.safetensors").is_file()
+        if finished or self.global_step > total or self.epoch > loop.epochs:
+            keys = loop.length_keys
             raise ValueError(
                 f"nothing left to train: the checkpoint is at step {self.global_step} (epoch {self.epoch}), and this "
                 f"run ends at step {total} ({loop.epochs} epochs of {self.steps_per_epoch} steps"
                 + (f", max_steps {loop.max_steps}" if loop.max_steps is not None else "")
-                + "); raise sched.epochs (or train.max_steps) to train further"
+                + f"){' and has finished' if finished else ''}; raise {' (or '.join(keys)}{')' * (len(keys) - 1)} "
+                "to train further"
             )
+        try:
+            if self._evaluated_step != self.global_step:
+                self._evaluate_and_log()
+                if self.on_epoch_end is not None:
+                    self.on_epoch_end(self.epoch, self.last_metrics)
+                self.save_checkpoint()
+        except KeyboardInterrupt:
+            raise self._interrupted() from None
+        finally:
+            self.logger.close()
+        return self.last_metrics
+
+    def _interrupted(self) -> TrainingInterrupted:
+        last = self.ckpt.latest()
+        if last is None:
+            return TrainingInterrupted(
+                f"training interrupted at step {self.global_step}: no checkpoint was written yet; run the same "
+                "command again to start over"
+            )
+        return TrainingInterrupted(
+            f"training interrupted at step {self.global_step}: the last complete checkpoint is {last}; continue "
+            f"with the same command and --resume {self.run_dir}"
+        )
+
+    def _fit(self, total: int) -> dict[str, float]:
+        loop = self.loop
         bar = None
         if loop.progress and self.dist.is_main:
             from tqdm.auto import tqdm
