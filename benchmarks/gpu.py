@@ -60,7 +60,7 @@ def peak_gib() -> float:
 
 
 def fixture_weights_(model: torch.nn.Module, seed: int = 1234) -> None:
-    """Fixture-style random weights (refdata recipe): non-degenerate logits and position bias."""
+    """Fixture-style random weights (tests/fixtures_official.py): non-degenerate logits and position bias."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():

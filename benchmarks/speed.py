@@ -247,7 +247,7 @@ def agreement(threads: int, images: int) -> dict:
 
     torch.set_num_threads(threads)
     model = timm.create_model("crossformer_s").eval()
-    # fixture-style weights (refdata recipe, seed 1234): random but with non-degenerate logits and position bias
+    # fixture-style weights (tests/fixtures_official.py, seed 1234): random but with non-degenerate logits and position bias
     g = torch.Generator().manual_seed(1234)
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -318,7 +318,7 @@ def trained_agreement(threads: int, images: int, steps: int, batch: int = 64, si
 
 
 def targets(result: dict, official: dict, peak32: float) -> list[str]:
-    """The issue's targets, each with this run's figure next to it."""
+    """The CPU speed targets (docs/benchmarks.md), each with this run's figure next to it."""
 
     def find(section: str, model: str, mode: str) -> dict:
         return next((r for r in result[section] if r["model"] == model and r["mode"] == mode), {})
@@ -326,7 +326,7 @@ def targets(result: dict, official: dict, peak32: float) -> list[str]:
     def pct(r: dict) -> float:
         return 100 * r.get("img_per_s", 0) * 2 * r.get("macs", 0) / 1e9 / peak32
 
-    lines = ["targets (issue 3) against this run:"]
+    lines = ["targets against this run:"]
     for v, goal in (("crossformer_s", 85), ("crossformer_t", 80), ("crossformer_b", 80), ("crossformerpp_s", 80)):
         r = find("inference", f"ours {v}", "fp32")
         if r:
@@ -521,7 +521,7 @@ def main() -> None:
     console.print(table)
     step, rss = official["train_bs16_s_per_step"], official["train_bs16_peak_rss_gib"]
     console.print(
-        f"official code on this machine type (refdata): CrossFormer-S training {step['crossformer_s']:.2f} s/step, "
+        f"official code on this machine type: CrossFormer-S training {step['crossformer_s']:.2f} s/step, "
         f"peak RSS {rss['crossformer_s']:.2f} GiB; swin_tiny {step['swin_tiny_patch4_window7_224']:.2f} s/step."
     )
 

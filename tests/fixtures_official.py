@@ -1,6 +1,6 @@
 """The official reference fixtures, rebuilt without the shared reference files.
 
-Weights and inputs follow the documented recipe of ``refdata/README.md``: every parameter is re-drawn in the
+Weights and inputs follow the recipe of ``tests/data/make_official_fixtures.py``: every parameter is re-drawn in the
 official parameter order from one CPU generator seeded 1234 (ndim >= 2: ``randn / sqrt(fan_in)`` with
 ``fan_in = p[0].numel()``; 1-D ``*.weight``: ``1 + 0.2 randn``; other 1-D: ``0.2 randn``), the input from a
 generator seeded 2024. Expected outputs come from ``data/official_fixtures.safetensors``.

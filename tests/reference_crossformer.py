@@ -1,4 +1,4 @@
-"""A straightforward functional CrossFormer written from the official code's description (architecture.md).
+"""A straightforward functional CrossFormer written from the official code's description, layer by layer.
 
 This is the *reference path*: token sequences ``[B, L, C]``, explicit zero padding of the normalised map,
 an explicit ``[groups, N, N]`` mask with -1e6, explicit official-style grouping reshapes for each rule, and

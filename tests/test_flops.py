@@ -7,8 +7,8 @@ from torch.utils.flop_counter import FlopCounterMode
 import crossformer_vision as cf
 from crossformer_vision.models.flops import count_flops, model_facts
 
-# official model.flops() of the official code (refdata paper_table.json, 2 decimals), and the same counter
-# with the padded LDA tokens and ACL convs the official code executes (refdata README)
+# official model.flops() of the official code (the official README's table, 2 decimals), and the same counter
+# with the padded LDA tokens and ACL convs the official code executes
 OFFICIAL = {
     "crossformer_t": 2.86,
     "crossformer_s": 4.91,

@@ -26,7 +26,6 @@ from timm.models._features import FeatureGetterNet, feature_take_indices
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from ..utils.allocator import release_freed_memory
 from ..layers import (
     LDA_RULES,
     CrossScaleEmbedding,
@@ -36,6 +35,7 @@ from ..layers import (
     Mlp,
     plan_group_layout,
 )
+from ..utils.allocator import release_freed_memory
 
 __all__ = [
     "GLOBAL_POOLS",
