@@ -247,7 +247,7 @@ def agreement(threads: int, images: int) -> dict:
 
     torch.set_num_threads(threads)
     model = timm.create_model("crossformer_s").eval()
-    # fixture-style weights (tests/fixtures_official.py, seed 1234): random but with non-degenerate logits and position bias
+    # fixture-style weights (tests/fixtures_official.py): random but with non-degenerate logits and position bias
     g = torch.Generator().manual_seed(1234)
     with torch.no_grad():
         for name, p in model.named_parameters():
