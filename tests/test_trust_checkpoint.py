@@ -66,7 +66,7 @@ def _truncate(path, keep=0.5):
         (lambda d: (d / "state.pt").unlink(), "state.pt is missing"),
         (lambda d: torch.save([1, 2], d / "state.pt"), "not a training state"),
         (lambda d: _truncate(d / "model.safetensors"), "model.safetensors is damaged"),
-        (lambda d: (d / "model.safetensors").write_bytes(b""), "model.safetensors is damaged .*empty"),
+        (lambda d: (d / "model.safetensors").write_bytes(b""), "model.safetensors is damaged: .*empty"),
         (lambda d: (d / "model.safetensors").unlink(), "model.safetensors is missing"),
         (lambda d: (d / "meta.json").write_text("{garbled"), "meta.json is missing or unreadable"),
         (lambda d: (d / "meta.json").write_text("[1]"), "meta.json is not a JSON object"),

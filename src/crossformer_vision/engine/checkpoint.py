@@ -212,7 +212,8 @@ def _read_weights(file: Path) -> dict[str, torch.Tensor]:
     except FileNotFoundError:
         raise _Damaged(f"{file.name} is missing") from None
     except (ValueError, OSError, SafetensorError, MemoryError) as err:
-        raise _Damaged(f"{file.name} is damaged ({_reason(err).replace(str(file) + ': ', '')})") from None
+        reason = _reason(err).replace(f"cannot read {file}: ", "")
+        raise _Damaged(f"{file.name} is damaged: {reason}") from None
 
 
 def _read_state(file: Path) -> dict[str, Any]:
