@@ -34,6 +34,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from .embedded import embedded_dir
 from .images import UnreadableImageError, read_rgb_array
 
 __all__ = [
@@ -47,7 +48,6 @@ __all__ = [
 
 DET_DEMO_REBUILD_COMMAND = "python scripts/build_det_demo_data.py --train 400 --val 100 --size 128 --seed 0"
 # <repo>/src/crossformer_vision/data/coco.py -> <repo>/data
-_REPO_DATA_DIR = Path(__file__).resolve().parents[3] / "data"
 
 # stats keys that are problems in the input (warned about); the others are informational
 _PROBLEMS = {
@@ -430,23 +430,9 @@ def detection_transforms(
 
 
 def det_demo_dir(root: str | os.PathLike | None = None) -> Path:
-    """The embedded detection demo set: ``root``, else ``$CROSSFORMER_DATA_DIR/det_demo``, else the repository's
-    ``data/det_demo``."""
-    from .fashion_mnist import DATA_DIR_ENV
-
-    if root is not None:
-        path = Path(root)
-    elif os.environ.get(DATA_DIR_ENV):
-        path = Path(os.environ[DATA_DIR_ENV]) / "det_demo"
-    else:
-        path = _REPO_DATA_DIR / "det_demo"
-    if not (path / "instances_val.json").is_file():
-        raise FileNotFoundError(
-            f"detection demo data not found in {path} (expected instances_{{train,val}}.json, train/, val/); it ships "
-            f"in the repository's data/det_demo; point ${DATA_DIR_ENV} at a folder holding det_demo/ or rebuild it "
-            f"with: {DET_DEMO_REBUILD_COMMAND}"
-        )
-    return path
+    """The embedded detection demo set (:func:`~crossformer_vision.data.embedded.embedded_dir`)."""
+    layout = "instances_{train,val}.json, train/, val/"
+    return embedded_dir("det_demo", root, "instances_val.json", layout, DET_DEMO_REBUILD_COMMAND)
 
 
 def det_demo(split: str = "train", *, root: str | os.PathLike | None = None, **kwargs: Any) -> CocoDetection:

@@ -19,6 +19,8 @@ import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
 
+from .embedded import DATA_DIR_ENV, embedded_dir
+
 __all__ = [
     "CLASS_NAMES",
     "DATA_DIR_ENV",
@@ -44,9 +46,6 @@ CLASS_NAMES: tuple[str, ...] = (
     "Ankle boot",
 )
 
-# Points at a data root holding ``fashion_mnist/`` (the layout of the repository's ``data/``).
-DATA_DIR_ENV = "CROSSFORMER_DATA_DIR"
-
 REBUILD_COMMAND = (
     "apt-get install dataset-fashion-mnist && python scripts/build_fashion_mnist_subset.py  (from the repository root)"
 )
@@ -69,15 +68,11 @@ _IDX_DTYPES: dict[int, np.dtype] = {
 _IDX_CODES: dict[np.dtype, int] = {dtype.newbyteorder("="): code for code, dtype in _IDX_DTYPES.items()}
 _GZIP_MAGIC = b"\x1f\x8b"
 
-# The package's own location: <repo>/src/crossformer_vision/data/fashion_mnist.py -> <repo>/data/fashion_mnist.
-_REPO_DATA_DIR = Path(__file__).resolve().parents[3] / "data" / "fashion_mnist"
-
 
 def _missing_message(what: str) -> str:
     return (
-        f"{what}. The embedded Fashion-MNIST data ships in the repository's data/fashion_mnist/ and is found "
-        f"relative to an editable (pip install -e) or cloned install; point ${DATA_DIR_ENV} at a directory "
-        f"holding fashion_mnist/, pass root=..., or rebuild it with: {REBUILD_COMMAND}"
+        f"{what}. The embedded Fashion-MNIST data ships in the repository's data/fashion_mnist/; point "
+        f"${DATA_DIR_ENV} at a directory holding fashion_mnist/, pass root=..., or rebuild it with: {REBUILD_COMMAND}"
     )
 
 
@@ -97,15 +92,7 @@ def fashion_mnist_dir(root: str | os.PathLike[str] | None = None) -> Path:
     Raises:
         FileNotFoundError: The chosen directory does not exist; the message says how to rebuild it.
     """
-    if root is not None:
-        path, origin = Path(root), "the root argument"
-    elif os.environ.get(DATA_DIR_ENV):
-        path, origin = Path(os.environ[DATA_DIR_ENV]) / "fashion_mnist", f"${DATA_DIR_ENV}"
-    else:
-        path, origin = _REPO_DATA_DIR, "the repository default"
-    if not path.is_dir():
-        raise FileNotFoundError(_missing_message(f"Fashion-MNIST directory {str(path)!r} (from {origin}) not found"))
-    return path
+    return embedded_dir("fashion_mnist", root, "", "the Fashion-MNIST IDX files", REBUILD_COMMAND)
 
 
 def read_idx(path: str | os.PathLike[str]) -> np.ndarray:

@@ -31,6 +31,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
+from .embedded import embedded_dir
 from .images import _PIL_ERRORS, IMAGE_EXTENSIONS, UnreadableImageError, decode_error, open_image, read_rgb_array
 
 __all__ = [
@@ -86,11 +87,9 @@ ADE20K_CLASSES: tuple[str, ...] = (
 )  # fmt: skip
 
 # Points at a data root holding ``seg_demo/`` (the layout of the repository's ``data/``).
-DATA_DIR_ENV = "CROSSFORMER_DATA_DIR"
 SEG_DEMO_REBUILD_COMMAND = "python scripts/build_seg_demo_data.py  (from the repository root; needs scikit-image)"
 #: Pipeline sizes for the 128 x 128 demo images (the ADE20K values scaled down by 4).
 SEG_DEMO_SIZES = dict(scale=(512, 128), crop_size=(128, 128))
-_REPO_DATA_DIR = Path(__file__).resolve().parents[3] / "data"
 
 
 # ---------------------------------------------------------------------- reading files
@@ -427,21 +426,8 @@ class ADE20K(FolderSegmentation):
 
 
 def seg_demo_dir(root: str | os.PathLike | None = None) -> Path:
-    """The embedded demo set: ``root``, else ``$CROSSFORMER_DATA_DIR/seg_demo``, else the repository's
-    ``data/seg_demo``."""
-    if root is not None:
-        path = Path(root)
-    elif os.environ.get(DATA_DIR_ENV):
-        path = Path(os.environ[DATA_DIR_ENV]) / "seg_demo"
-    else:
-        path = _REPO_DATA_DIR / "seg_demo"
-    if not (path / "classes.txt").is_file():
-        raise FileNotFoundError(
-            f"segmentation demo data not found in {path} (expected classes.txt, images/, masks/); it ships in the "
-            f"repository's data/seg_demo; point ${DATA_DIR_ENV} at a folder holding seg_demo/ or rebuild it with: "
-            f"{SEG_DEMO_REBUILD_COMMAND}"
-        )
-    return path
+    """The embedded segmentation demo set (:func:`~crossformer_vision.data.embedded.embedded_dir`)."""
+    return embedded_dir("seg_demo", root, "classes.txt", "classes.txt, images/, masks/", SEG_DEMO_REBUILD_COMMAND)
 
 
 def seg_demo(split: str = "train", *, root: str | os.PathLike | None = None, **kwargs: Any) -> FolderSegmentation:
