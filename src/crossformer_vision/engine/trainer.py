@@ -136,6 +136,8 @@ class Trainer:
         num_workers: Data-loader workers.
         seed: Seed of the data order and augmentations.
         on_epoch_end: Optional callback ``(epoch, metrics)``.
+        model_meta: The model file metadata (:func:`~crossformer_vision.engine.loading.model_metadata`), written
+            with every checkpoint and into ``best.safetensors`` so that each file of the run rebuilds its model.
     """
 
     def __init__(
@@ -158,7 +160,9 @@ class Trainer:
         num_workers: int = 0,
         seed: int = 0,
         on_epoch_end: Callable[[int, Mapping[str, float]], None] | None = None,
+        model_meta: Mapping[str, str] | None = None,
     ):
+        self.model_meta = dict(model_meta or {})
         self.model = model
         self.optimizer = optimizer
         self.dist = dist
@@ -231,7 +235,7 @@ class Trainer:
             self._train_state(),
             self.config,
             ema_state=self.ema.module.state_dict() if self.ema is not None else None,
-            meta={"epoch": self.epoch, "step_in_epoch": self.step_in_epoch},
+            meta={"epoch": self.epoch, "step_in_epoch": self.step_in_epoch, "model_meta": self.model_meta},
         )
 
     def resume(self, path: str | Path) -> None:
@@ -483,5 +487,10 @@ class Trainer:
                 atomic_save_safetensors(
                     self.model.state_dict(),
                     self.run_dir / "best.safetensors",
-                    {"metric": self.primary_metric, "value": str(value), "step": str(self.global_step)},
+                    {
+                        **self.model_meta,
+                        "metric": self.primary_metric,
+                        "value": str(value),
+                        "steps": str(self.global_step),
+                    },
                 )
