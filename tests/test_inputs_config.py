@@ -12,7 +12,7 @@ from crossformer_vision.engine.config import apply_overrides, load_config, merge
 DEFAULTS = {
     "model": {"name": "crossformer_s", "drop_path_rate": None, "kwargs": {}, "backbone": {"weights": None}},
     "optim": {"lr": 5.0e-4, "betas": [0.9, 0.999]},
-    "sched": {"epochs": 300, "warmup_epochs": 20},
+    "sched": {"epochs": 300, "warmup_epochs": 20.0},
     "train": {"batch_size": 128, "amp": None, "deterministic": False},
 }
 
@@ -116,7 +116,7 @@ def test_a_fraction_for_a_whole_number_is_refused(tmp_path, value):
         load_config(DEFAULTS, path)
 
 
-def test_whole_numbers_and_documented_fractions_still_work(tmp_path):
+def test_whole_numbers_for_int_defaults_and_fractions_for_float_defaults(tmp_path):
     cfg = apply_overrides(DEFAULTS, ["train.batch_size=2.0", "sched.epochs=1e2", "sched.warmup_epochs=0.5"])
     assert cfg["train"]["batch_size"] == 2 and isinstance(cfg["train"]["batch_size"], int)
     assert cfg["sched"]["epochs"] == 100 and isinstance(cfg["sched"]["epochs"], int)

@@ -13,10 +13,9 @@ import time
 from pathlib import Path
 
 from .options import (
-    add_checkpoint,
-    add_json,
     add_output_dir,
-    add_train,
+    add_task_commands,
+    run_task_command,
     train_overrides,
 )
 from .options import console as make_console
@@ -33,30 +32,16 @@ def _overrides(p: argparse.ArgumentParser, example: str) -> None:
 
 
 def add_args(p: argparse.ArgumentParser) -> None:
-    sub = p.add_subparsers(dest="det_command", metavar="ACTION", required=True)
-
-    t = sub.add_parser("train", help="train a detector (same command under torchrun)")
-    add_train(t, "model.backbone_weights=crossformer-s.pth data.images=/data/coco/train2017")
-    t.set_defaults(_det_run=_train)
-
-    e = sub.add_parser("eval", help="COCO box (and mask) AP of a run or an official mmdet checkpoint")
-    add_checkpoint(e, _CHECKPOINT)
+    handlers = (_train, _eval, _predict, _convert, _demo)
+    example = "model.backbone_weights=crossformer-s.pth data.images=/data/coco/train2017"
+    parsers = add_task_commands(p, "det_command", handlers, checkpoint=_CHECKPOINT, train_example=example)
+    e = parsers["eval"]
     e.add_argument("--config", default=None, help="YAML file or preset for the data (default: the run's config)")
-    e.add_argument(
-        "--output-dir", "--out", dest="output_dir", default=None,
-        help="write metrics.json and results_{bbox,segm}.json here",
-    )  # fmt: skip
-    add_json(e)
+    e.add_argument("--output-dir", "--out", dest="output_dir", default=None, help="write metrics.json and results here")
     _overrides(e, "data.val_json=/coco/annotations/instances_val2017.json data.val_images=/coco/val2017")
-    e.set_defaults(_det_run=_eval)
-
-    r = sub.add_parser("predict", help="detect objects in images: predictions.json and one PNG per image")
-    r.add_argument("inputs", nargs="+", help="image files and/or folders")
-    add_checkpoint(r, _CHECKPOINT)
+    r = parsers["predict"]
     add_output_dir(r, "det_predictions", "where predictions.json and the PNGs go")
-    add_json(r)
     r.add_argument("--score-thresh", type=float, default=0.3, help="keep detections scoring at least this")
-    r.add_argument("--device", default=None, help="cpu / cuda (default: cuda when available)")
     r.add_argument(
         "--set",
         dest="overrides",
@@ -66,29 +51,15 @@ def add_args(p: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="test-time model settings, e.g. --set model.min_size=[600] model.detector.kwargs.box_nms_thresh=0.6",
     )
-    r.set_defaults(_det_run=_predict)
-
-    c = sub.add_parser("convert", help="official mmdet RetinaNet / Mask R-CNN .pth -> detector .safetensors")
-    c.add_argument("src", help="official mmdet checkpoint (.pth)")
-    c.add_argument("dst", help="output .safetensors")
-    c.add_argument(
-        "--trust-checkpoint",
-        action="store_true",
-        help="unpickle arbitrary objects from .pth files (only for files whose origin you trust)",
-    )
-    c.set_defaults(_det_run=_convert)
-
-    d = sub.add_parser("demo", help="train a small detector on the embedded det_demo set (CPU, a few minutes)")
-    d.add_argument("--detector", choices=sorted(DEMO_PRESETS), default="maskrcnn")
-    add_output_dir(d, "runs/det_demo", "run directory (must not hold a run)")
-    d.add_argument("--quick", action="store_true", help="a smoke run of well under a minute (AP near zero)")
-    d.add_argument("--num-predictions", type=int, default=8, help="validation images drawn with their detections")
-    _overrides(d, "sched.epochs=4")
-    d.set_defaults(_det_run=_demo)
+    demo = parsers["demo"]
+    demo.add_argument("--detector", choices=sorted(DEMO_PRESETS), default="maskrcnn")
+    add_output_dir(demo, "runs/det_demo", "run directory (must not hold a run)")
+    demo.add_argument("--quick", action="store_true", help="a smoke run of well under a minute (AP near zero)")
+    demo.add_argument("--num-predictions", type=int, default=8, help="validation images drawn with their detections")
+    _overrides(demo, "sched.epochs=4")
 
 
-def run(args: argparse.Namespace) -> int:
-    return int(args._det_run(args) or 0)
+run = run_task_command
 
 
 def _config(preset: str | None, overrides: list[str]) -> dict:
@@ -121,6 +92,7 @@ def _print_results(console, metrics: dict, per_class: dict, iou_types) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
+    """train a detector (same command under torchrun)"""
     from ..tasks.detection.train import train
 
     cfg = _config(args.config, train_overrides(args))
@@ -135,6 +107,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
+    """COCO box (and mask) AP of a run or an official mmdet checkpoint"""
     from ..configs import resolve_config
     from ..tasks.detection.evaluate import evaluate_checkpoint
 
@@ -157,6 +130,7 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
+    """detect objects in images: predictions.json and one PNG per image"""
     from ..tasks.detection.predict import predict_files
 
     json_path, paths, unreadable = predict_files(
@@ -181,6 +155,7 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _convert(args: argparse.Namespace) -> int:
+    """official mmdet RetinaNet / Mask R-CNN .pth -> detector .safetensors"""
     from ..tasks.detection.convert import convert_mmdet_to_safetensors
 
     info = convert_mmdet_to_safetensors(args.src, args.dst, trusted=args.trust_checkpoint)
@@ -190,6 +165,7 @@ def _convert(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
+    """train a small detector on the embedded det_demo set (CPU, a few minutes)"""
     import torch
 
     from ..tasks.detection.train import train

@@ -8,18 +8,23 @@ written, and one exit rule for predictions (:func:`require_some_readable`).
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 __all__ = [
     "add_checkpoint",
     "add_json",
     "add_output_dir",
+    "add_task_commands",
     "add_train",
     "console",
     "require_some_readable",
+    "run_task_command",
     "train_overrides",
 ]
+
+
+_TRUST = "unpickle arbitrary objects from .pth files (only for files whose origin you trust)"
 
 
 def add_train(p: argparse.ArgumentParser, example: str) -> None:
@@ -44,11 +49,7 @@ def train_overrides(args: argparse.Namespace) -> list[str]:
 def add_checkpoint(p: argparse.ArgumentParser, what: str) -> None:
     """``--checkpoint`` (required) and ``--trust-checkpoint``."""
     p.add_argument("--checkpoint", required=True, help=what)
-    p.add_argument(
-        "--trust-checkpoint",
-        action="store_true",
-        help="unpickle arbitrary objects from .pth files (only for files whose origin you trust)",
-    )
+    p.add_argument("--trust-checkpoint", action="store_true", help=_TRUST)
 
 
 def add_json(p: argparse.ArgumentParser) -> None:
@@ -58,6 +59,41 @@ def add_json(p: argparse.ArgumentParser) -> None:
 def add_output_dir(p: argparse.ArgumentParser, default: str | None, what: str) -> None:
     """``--output-dir`` (``--out`` is kept as an alias)."""
     p.add_argument("--output-dir", "--out", dest="output_dir", default=default, required=default is None, help=what)
+
+
+def add_task_commands(
+    p: argparse.ArgumentParser, dest: str, handlers: Sequence[Callable], *, checkpoint: str, train_example: str
+) -> dict[str, argparse.ArgumentParser]:
+    """The subcommands of a task command (``seg``, ``det``), one per handler ``_<name>`` (its docstring's first line
+    is the help), each with the options every task shares: ``train`` the training options, ``eval`` / ``predict``
+    ``--checkpoint`` / ``--trust-checkpoint`` / ``--json`` (``predict`` also its inputs and ``--device``),
+    ``convert`` ``SRC DST`` and ``--trust-checkpoint``. Returns the parsers by name for the task's own options."""
+    sub = p.add_subparsers(dest=dest, metavar="ACTION", required=True)
+    parsers = {}
+    for handler in handlers:
+        name = handler.__name__.lstrip("_")
+        help_text = (handler.__doc__ or "").strip().splitlines()[0]
+        q = sub.add_parser(name, help=help_text, description=help_text)
+        q.set_defaults(_task_run=handler)
+        if name == "train":
+            add_train(q, train_example)
+        elif name in ("eval", "predict"):
+            if name == "predict":
+                q.add_argument("inputs", nargs="+", help="image files and/or folders")
+                q.add_argument("--device", default=None, help="cpu / cuda (default: CUDA when available)")
+            add_checkpoint(q, checkpoint)
+            add_json(q)
+        elif name == "convert":
+            q.add_argument("src", help="official checkpoint (.pth)")
+            q.add_argument("dst", help="output .safetensors")
+            q.add_argument("--trust-checkpoint", action="store_true", help=_TRUST)
+        parsers[name] = q
+    return parsers
+
+
+def run_task_command(args: argparse.Namespace) -> int:
+    """Run the subcommand :func:`add_task_commands` chose."""
+    return int(args._task_run(args) or 0)
 
 
 def console() -> Any:

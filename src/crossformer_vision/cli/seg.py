@@ -11,11 +11,10 @@ import time
 from pathlib import Path
 
 from .options import (
-    add_checkpoint,
-    add_json,
     add_output_dir,
-    add_train,
+    add_task_commands,
     require_some_readable,
+    run_task_command,
     train_overrides,
 )
 from .options import console as make_console
@@ -41,48 +40,21 @@ def _test_time(p: argparse.ArgumentParser) -> None:
 
 
 def add_args(p: argparse.ArgumentParser) -> None:
-    sub = p.add_subparsers(dest="seg_command", metavar="SUBCOMMAND", required=True)
-
-    t = sub.add_parser("train", help="train UPerNet / Semantic FPN (also under torchrun)")
-    add_train(t, "data.root=/data/ADEChallengeData2016 (presets: ade20k_upernet_crossformer_s, seg_demo, ...)")
-    t.set_defaults(_seg_run=_train)
-
-    e = sub.add_parser("eval", help="mIoU / mAcc / aAcc and per-class IoU of a run or an official mmseg checkpoint")
-    add_checkpoint(e, _CHECKPOINT)
-    _test_time(e)
-    add_json(e)
-    e.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="e.g. data.root=/data/ADEChallengeData2016")
-    e.set_defaults(_seg_run=_eval)
-
-    r = sub.add_parser("predict", help="segment images: label PNGs (palette) and overlay PNGs")
-    r.add_argument("inputs", nargs="+", help="image files and/or folders")
-    add_checkpoint(r, _CHECKPOINT)
-    add_output_dir(r, "seg_predictions", "where the PNGs go")
-    r.add_argument("--device", default=None, help="cpu / cuda (default: CUDA when available)")
-    _test_time(r)
-    add_json(r)
-    r.set_defaults(_seg_run=_predict)
-
-    c = sub.add_parser("convert", help="official mmseg checkpoint -> safetensors (checked by building the model)")
-    c.add_argument("src", help="mmseg .pth (UPerNet or Semantic FPN on a CrossFormer backbone)")
-    c.add_argument("dst", help="output .safetensors")
-    c.add_argument("--lda-rule", choices=LDA_RULES, default=None, help="default: from the weights' family")
-    c.add_argument(
-        "--trust-checkpoint",
-        action="store_true",
-        help="unpickle arbitrary objects from .pth files (only for files whose origin you trust)",
-    )
-    c.set_defaults(_seg_run=_convert)
-
-    d = sub.add_parser("demo", help="train UPerNet on the embedded demo set (CPU, a few minutes) and evaluate it")
-    add_output_dir(d, "runs/seg_demo", "run directory (must not hold a run)")
-    d.add_argument("--quick", action="store_true", help="a one-minute smoke run (20 iterations)")
-    d.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides of the seg_demo preset")
-    d.set_defaults(_seg_run=_demo)
+    handlers = (_train, _eval, _predict, _convert, _demo)
+    example = "data.root=/data/ADEChallengeData2016 (presets: ade20k_upernet_crossformer_s, seg_demo, ...)"
+    parsers = add_task_commands(p, "seg_command", handlers, checkpoint=_CHECKPOINT, train_example=example)
+    _test_time(parsers["eval"])
+    parsers["eval"].add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=f"e.g. {example.split()[0]}")
+    _test_time(parsers["predict"])
+    add_output_dir(parsers["predict"], "seg_predictions", "where the PNGs go")
+    parsers["convert"].add_argument("--lda-rule", choices=LDA_RULES, default=None, help="default: the weights' family")
+    demo = parsers["demo"]
+    add_output_dir(demo, "runs/seg_demo", "run directory (must not hold a run)")
+    demo.add_argument("--quick", action="store_true", help="a one-minute smoke run (20 iterations)")
+    demo.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides of the seg_demo preset")
 
 
-def run(args: argparse.Namespace) -> int:
-    return int(args._seg_run(args) or 0)
+run = run_task_command
 
 
 # ---------------------------------------------------------------------- subcommands
@@ -95,6 +67,7 @@ def _config(name: str | None, overrides: list[str]) -> dict:
 
 
 def _train(args: argparse.Namespace) -> int:
+    """train UPerNet / Semantic FPN (also under torchrun)"""
     from ..tasks.segmentation.train import train
 
     result = train(_config(args.config, train_overrides(args)), resume=args.resume, force_resume=args.force_resume)
@@ -116,6 +89,7 @@ def _test_time_options(args: argparse.Namespace) -> dict:
 
 
 def _eval(args: argparse.Namespace) -> int:
+    """mIoU / mAcc / aAcc and per-class IoU of a run or an official mmseg checkpoint"""
     from ..tasks.segmentation.evaluate import evaluate_checkpoint
 
     out = evaluate_checkpoint(args.checkpoint, args.overrides, **_test_time_options(args))
@@ -136,6 +110,7 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
+    """segment images: label PNGs (palette) and overlay PNGs"""
     from rich.table import Table
 
     from ..tasks.segmentation.predict import predict_images
@@ -160,6 +135,7 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _convert(args: argparse.Namespace) -> int:
+    """official mmseg UPerNet / Semantic FPN checkpoint -> safetensors (checked by building the model)"""
     from ..tasks.segmentation.convert import convert_mmseg
 
     meta = convert_mmseg(args.src, args.dst, lda_rule=args.lda_rule, trusted=args.trust_checkpoint)
@@ -168,6 +144,7 @@ def _convert(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
+    """train UPerNet on the embedded demo set (CPU, a few minutes) and evaluate it"""
     from rich.table import Table
 
     from ..tasks.segmentation.config import build_datasets

@@ -1,5 +1,14 @@
-"""Datasets: the Fashion-MNIST data embedded in the repository."""
+"""Datasets: the embedded demo sets (Fashion-MNIST, seg_demo, det_demo) and the readers of ImageNet-style folders,
+ADE20K / segmentation folders and COCO-format files."""
 
+from .coco import (
+    DET_DEMO_REBUILD_COMMAND,
+    CocoDetection,
+    det_demo,
+    det_demo_dir,
+    detection_collate,
+    detection_transforms,
+)
 from .fashion_mnist import (
     CLASS_NAMES,
     DATA_DIR_ENV,
@@ -10,18 +19,6 @@ from .fashion_mnist import (
     read_idx,
     write_idx,
 )
-
-__all__ = [
-    "CLASS_NAMES",
-    "DATA_DIR_ENV",
-    "REBUILD_COMMAND",
-    "FashionMNIST",
-    "balanced_first",
-    "fashion_mnist_dir",
-    "read_idx",
-    "write_idx",
-]
-
 from .segmentation import (
     ADE20K,
     ADE20K_CLASSES,
@@ -39,38 +36,33 @@ from .segmentation import (
     train_transforms,
 )
 
-__all__ += [
+__all__ = [
     "ADE20K",
     "ADE20K_CLASSES",
+    "CLASS_NAMES",
+    "DATA_DIR_ENV",
+    "DET_DEMO_REBUILD_COMMAND",
     "IGNORE_INDEX",
     "IMAGENET_MEAN_255",
     "IMAGENET_STD_255",
+    "REBUILD_COMMAND",
     "SEG_DEMO_SIZES",
+    "CocoDetection",
+    "FashionMNIST",
     "FolderSegmentation",
     "SegmentationDataset",
+    "balanced_first",
     "check_pairs",
     "collate",
-    "eval_transforms",
-    "read_class_file",
-    "seg_demo",
-    "train_transforms",
-]
-
-# COCO-format detection / instance segmentation data (pycocotools needed for masks).
-from .coco import (  # noqa: E402
-    DET_DEMO_REBUILD_COMMAND,
-    CocoDetection,
-    det_demo,
-    det_demo_dir,
-    detection_collate,
-    detection_transforms,
-)
-
-__all__ += [
-    "DET_DEMO_REBUILD_COMMAND",
-    "CocoDetection",
     "det_demo",
     "det_demo_dir",
     "detection_collate",
     "detection_transforms",
+    "eval_transforms",
+    "fashion_mnist_dir",
+    "read_class_file",
+    "read_idx",
+    "seg_demo",
+    "train_transforms",
+    "write_idx",
 ]

@@ -148,22 +148,26 @@ def _merge(base: Mapping[str, Any], update: Mapping[str, Any], where: str, prefi
         name = f"{prefix}{key}"
         if key not in out:
             raise _unknown(str(name), _flatten(out, prefix), where)
-        default = out[key]
-        if _is_section(default, name):
-            if value is None:
-                continue
-            if not isinstance(value, Mapping):
-                raise _not_a_section(name, default, value, where, override=False)
-            out[key] = _merge(default, value, where, f"{name}.")
-        elif isinstance(default, dict):  # free-form arguments
-            if value is not None and not isinstance(value, Mapping):
-                raise _not_a_mapping(name, value, where, override=False)
-            out[key] = copy.deepcopy(value)
-        elif isinstance(default, (int, float)) and not isinstance(default, bool) and isinstance(value, str):
-            out[key] = _check_type(name, default, _parse(value), where)  # YAML 1.1 reads "3e-4" as a string
-        else:
-            out[key] = _check_type(name, default, copy.deepcopy(value), where)
+        out[key] = _new_value(name, out[key], value, where, override=False)
     return out
+
+
+def _new_value(name: str, default: Any, value: Any, where: str, *, override: bool) -> Any:
+    """``value`` checked against what it replaces: a section is merged key by key (null leaves a file's section as
+    it is), a free-form ``kwargs`` takes a mapping, a number a number (YAML 1.1 reads ``3e-4`` as a string)."""
+    if _is_section(default, name):
+        if value is None and not override:
+            return default
+        if not isinstance(value, Mapping):
+            raise _not_a_section(name, default, value, where, override=override)
+        return _merge(default, value, where, f"{name}.")
+    if isinstance(default, dict):  # free-form arguments
+        if value is not None and not isinstance(value, Mapping):
+            raise _not_a_mapping(name, value, where, override=override)
+        return copy.deepcopy(value)
+    if isinstance(default, (int, float)) and not isinstance(default, bool) and isinstance(value, str):
+        value = _parse(value)
+    return _check_type(name, default, copy.deepcopy(value), where)
 
 
 def apply_overrides(cfg: Mapping[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
@@ -189,19 +193,7 @@ def apply_overrides(cfg: Mapping[str, Any], overrides: Iterable[str]) -> dict[st
             if part not in node and not free:
                 raise _unknown(key, flat, where)
             if i == len(parts) - 1:
-                default = node.get(part)
-                if free:
-                    node[part] = value
-                elif _is_section(default, key):
-                    if not isinstance(value, Mapping):
-                        raise _not_a_section(key, default, value, where, override=True)
-                    node[part] = _merge(default, value, where, f"{key}.")
-                elif isinstance(default, dict):  # free-form arguments
-                    if value is not None and not isinstance(value, Mapping):
-                        raise _not_a_mapping(key, value, where, override=True)
-                    node[part] = value
-                else:
-                    node[part] = _check_type(key, default, value, where)
+                node[part] = value if free else _new_value(key, node.get(part), value, where, override=True)
             else:
                 node = node.setdefault(part, {})
                 if not isinstance(node, dict):

@@ -99,6 +99,15 @@ def _renamed(
     return out, used
 
 
+def _renamed_all(
+    entries: Mapping[str, Tensor], names: Mapping[str, str], dst_prefix: str, what: str, src_prefix: str
+) -> dict[str, Tensor]:
+    """:func:`_renamed`, refusing entries that ``names`` does not cover."""
+    out, used = _renamed(entries, names, dst_prefix)
+    _check_consumed(entries, used, what, src_prefix)
+    return out
+
+
 def _num_indexed(entries: Mapping[str, Tensor], group: str) -> int:
     indices = {int(k.split(".")[1]) for k in entries if k.startswith(group + ".")}
     if indices != set(range(len(indices))):
@@ -152,9 +161,7 @@ def convert_mmdet_fpn(
             f"fpn_convs.{num_laterals}.conv": "extra_blocks.p6",
             f"fpn_convs.{num_laterals + 1}.conv": "extra_blocks.p7",
         }
-    out, used = _renamed(entries, names, dst_prefix)
-    _check_consumed(entries, used, "FPN", src_prefix)
-    return out
+    return _renamed_all(entries, names, dst_prefix, "FPN", src_prefix)
 
 
 def convert_mmdet_retina_head(
@@ -175,9 +182,7 @@ def convert_mmdet_retina_head(
         if n != 4:  # torchvision's RetinaNet heads hard-code four convolutions
             raise ValueError(f"{src_prefix}{branch}: torchvision's RetinaNetHead has 4 stacked convs, got {n}")
         names |= {f"{branch}.{i}.conv": f"{dst}.conv.{i}.0" for i in range(n)}
-    out, used = _renamed(entries, names, dst_prefix)
-    _check_consumed(entries, used, "RetinaHead", src_prefix)
-    return out
+    return _renamed_all(entries, names, dst_prefix, "RetinaHead", src_prefix)
 
 
 def convert_mmdet_rpn_head(
