@@ -1,31 +1,17 @@
 """Image files from outside: one extension list and one reader for every task; decompression bombs, bad modes and
 corrupt files become one-line ValueErrors naming the file, so callers that go image by image skip just that one."""
 
-import struct
 import warnings
-import zlib
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+from crafted import png_header_only
 from crossformer_vision.data import coco, folder, images, segmentation
 from crossformer_vision.data.folder import ImageFolderDataset, collate_skipping
 from crossformer_vision.data.images import IMAGE_EXTENSIONS, UnreadableImageError, image_paths, read_rgb
-
-
-def _png_header_only(path, width, height):
-    """A PNG whose header declares ``width x height`` pixels, with a tiny (wrong) image data chunk."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit grey
-    path.write_bytes(
-        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 16)) + chunk(b"IEND", b"")
-    )
-    return path
 
 
 def test_one_extension_list_and_one_reader_for_every_task():
@@ -48,7 +34,7 @@ def test_decompression_bombs_are_value_errors_naming_file_pixels_and_limit(tmp_p
     limit = Image.MAX_IMAGE_PIXELS
     side = 10_000 if declared == "over the limit" else 20_000
     assert limit < side * side <= 2 * limit or declared != "over the limit"
-    bomb = _png_header_only(tmp_path / "bomb.png", side, side)
+    bomb = png_header_only(tmp_path / "bomb.png", side, side)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # and no DecompressionBombWarning leaks out
         for read in (read_rgb, segmentation.read_image, segmentation.read_mask):

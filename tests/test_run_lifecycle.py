@@ -11,20 +11,17 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from crossformer_vision.engine import CheckpointManager, load_config
-from crossformer_vision.engine.loading import load_model, model_metadata, save_model
+from crossformer_vision.engine.loading import load_model, model_metadata
 from crossformer_vision.engine.run import RESULT_KEYS, check_output_dir, prepare_run, write_results
 from crossformer_vision.tasks.classification.config import DEFAULTS
+from train_utils import TINY_ARGS, tiny_classifier_file
 
-TINY = {"embed_dim": 16, "depths": [1, 1, 1, 1], "num_heads": [1, 1, 1, 1]}
+TINY = TINY_ARGS
 CLASSES = ["a", "b", "c"]
 
 
-def _classifier_file(path, model_args=TINY, classes=CLASSES, **extra):
-    torch.manual_seed(0)
-    model = timm.create_model("crossformer_t", num_classes=len(classes), **TINY).eval()
-    meta = model_metadata("classification", "crossformer_t", model_args, classes, {}, steps=3, **extra)
-    save_model(model, path, meta)
-    return model
+def _classifier_file(path, **kwargs):
+    return tiny_classifier_file(path, CLASSES, **kwargs)
 
 
 def _rewrite_meta(src, dst, **changes):
@@ -112,9 +109,7 @@ def test_nothing_to_load_is_one_clear_error(tmp_path):
 def test_stored_config_paths_are_not_followed(tmp_path):
     """A model file's stored configuration gives test-time settings, never paths (data roots, weights)."""
     cfg = load_config(DEFAULTS, None, ["data.root=/somewhere/secret", "model.pretrained=/etc/x.pth", "train.amp=bf16"])
-    torch.manual_seed(0)
-    model = timm.create_model("crossformer_t", num_classes=3, **TINY).eval()
-    save_model(model, tmp_path / "m.safetensors", model_metadata("classification", "crossformer_t", TINY, CLASSES, cfg))
+    _classifier_file(tmp_path / "m.safetensors", config=cfg)
     run_cfg = load_model(tmp_path / "m.safetensors", "classification").run_config(
         DEFAULTS, ("model.pretrained", "data.root")
     )

@@ -1,4 +1,4 @@
-"""Tiny classification runs for the engine tests (subprocesses: deterministic mode and threads stay isolated)."""
+"""Tiny runs and model files for the tests (runs in subprocesses: deterministic mode and threads stay isolated)."""
 
 from __future__ import annotations
 
@@ -51,3 +51,20 @@ def run_cli(args: list[str], check: bool = True, timeout: int = 300, **popen) ->
 
 def weights(run_dir: Path) -> dict[str, torch.Tensor]:
     return load_file(str(Path(run_dir) / "final.safetensors"))
+
+
+#: A CrossFormer-T small enough for model-file tests.
+TINY_ARGS = {"embed_dim": 16, "depths": [1, 1, 1, 1], "num_heads": [1, 1, 1, 1]}
+
+
+def tiny_classifier_file(path: Path, classes=("a", "b", "c"), config=None) -> torch.nn.Module:
+    """A classification model file (``final.safetensors`` schema) of a tiny CrossFormer-T; returns the model."""
+    import timm
+
+    from crossformer_vision.engine.loading import model_metadata, save_model
+
+    torch.manual_seed(0)
+    model = timm.create_model("crossformer_t", num_classes=len(classes), **TINY_ARGS).eval()
+    meta = model_metadata("classification", "crossformer_t", TINY_ARGS, list(classes), config or {}, steps=3)
+    save_model(model, path, meta)
+    return model

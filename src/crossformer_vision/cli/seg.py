@@ -47,6 +47,12 @@ def add_args(p: argparse.ArgumentParser) -> None:
     parsers["eval"].add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=f"e.g. {example.split()[0]}")
     _test_time(parsers["predict"])
     add_output_dir(parsers["predict"], "seg_predictions", "where the PNGs go")
+    parsers["predict"].add_argument(
+        "--max-pixels",
+        type=int,
+        default=2048 * 2048,
+        help="larger images are segmented scaled down to this many pixels and their labels scaled up (0: no bound)",
+    )
     parsers["convert"].add_argument("--lda-rule", choices=LDA_RULES, default=None, help="default: the weights' family")
     demo = parsers["demo"]
     add_output_dir(demo, "runs/seg_demo", "run directory (must not hold a run)")
@@ -116,7 +122,9 @@ def _predict(args: argparse.Namespace) -> int:
     from ..tasks.segmentation.predict import predict_images
 
     options = _test_time_options(args)
-    results = predict_images(args.checkpoint, args.inputs, args.output_dir, device=args.device, **options)
+    results = predict_images(
+        args.checkpoint, args.inputs, args.output_dir, device=args.device, max_pixels=args.max_pixels, **options
+    )
     require_some_readable(results)
     if args.json:
         print(json.dumps(results, indent=1))

@@ -6,7 +6,7 @@ from .distributed import DistInfo, all_gather_objects, all_reduce_sum, barrier, 
 from .metrics_logger import MetricsLogger, read_metrics
 from .rng import get_rng_state, seed_everything, seed_step, set_deterministic, set_rng_state
 from .sampling import EvalShardSampler, ResumableSampler, SeededDataset
-from .trainer import LoopConfig, Trainer, TrainingDivergedError, autocast_context
+from .trainer import LoopConfig, Trainer, TrainingDivergedError, TrainingInterrupted, autocast_context
 
 __all__ = [
     "CheckpointManager",
@@ -19,6 +19,7 @@ __all__ = [
     "SeededDataset",
     "Trainer",
     "TrainingDivergedError",
+    "TrainingInterrupted",
     "all_gather_objects",
     "all_reduce_sum",
     "apply_overrides",

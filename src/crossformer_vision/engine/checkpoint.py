@@ -35,6 +35,7 @@ from .config import save_config
 __all__ = [
     "CheckpointManager",
     "CheckpointWriteError",
+    "check_output_dir",
     "check_resume_target",
     "load_training_checkpoint",
     "load_training_checkpoint_path",
@@ -275,3 +276,22 @@ def load_training_checkpoint_path(path: str | os.PathLike) -> Path:
     if not (path / "meta.json").is_file():
         raise FileNotFoundError(f"{path} is not a complete checkpoint directory (meta.json is missing)")
     return path
+
+
+def check_output_dir(run_dir: str | os.PathLike, resume: str | os.PathLike | None) -> None:
+    """The one rule for output directories: a folder holding a run (a complete checkpoint or final weights) is written
+    only by resuming that run; resuming into another run's folder is refused as well."""
+    run_dir = Path(run_dir)
+    if resume is not None:
+        check_resume_target(run_dir, resume)
+        return
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ValueError(f"train.output_dir {run_dir} is a file; choose a folder (--output-dir DIR)")
+    held = CheckpointManager(run_dir / "checkpoints").latest()
+    if held is None and (run_dir / "final.safetensors").is_file():
+        held = run_dir / "final.safetensors"
+    if held is not None:
+        raise ValueError(
+            f"{run_dir} already holds a run ({held}); resume it with --resume {run_dir}, or choose another output "
+            "directory (--output-dir DIR)"
+        )

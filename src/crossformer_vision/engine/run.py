@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .checkpoint import CheckpointManager, check_resume_target, load_training_checkpoint
+from .checkpoint import check_output_dir, load_training_checkpoint
 from .config import config_diff, save_config
 from .distributed import DistInfo, init_distributed
 from .json_safe import strict_json_dumps
@@ -31,24 +31,6 @@ __all__ = ["RESULT_KEYS", "Run", "check_output_dir", "check_resume", "loop_confi
 
 #: The keys every ``results.json`` (and every task's ``train`` return value) starts with.
 RESULT_KEYS = ("task", "model", "classes", "steps", "train_seconds", "metrics", "skipped")
-
-
-def check_output_dir(run_dir: Path, resume: str | Path | None) -> None:
-    """The one rule for output directories: a folder holding a run (a complete checkpoint or final weights) is written
-    only by resuming that run; resuming into another run's folder is refused as well."""
-    if resume is not None:
-        check_resume_target(run_dir, resume)
-        return
-    if run_dir.exists() and not run_dir.is_dir():
-        raise ValueError(f"train.output_dir {run_dir} is a file; choose a folder (--output-dir DIR)")
-    held = CheckpointManager(run_dir / "checkpoints").latest()
-    if held is None and (run_dir / "final.safetensors").is_file():
-        held = run_dir / "final.safetensors"
-    if held is not None:
-        raise ValueError(
-            f"{run_dir} already holds a run ({held}); resume it with --resume {run_dir}, or choose another output "
-            "directory (--output-dir DIR)"
-        )
 
 
 def check_resume(cfg: Mapping[str, Any], resume: str | Path, must_match: Iterable[str], force: bool) -> None:

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from .checkpoint import CheckpointManager, check_resume_target, load_training_checkpoint
+from .checkpoint import CheckpointManager, check_output_dir, load_training_checkpoint
 from .distributed import DistInfo, all_reduce_sum
 from .metrics_logger import MetricsLogger
 from .rng import get_rng_state, seed_step, set_rng_state
@@ -327,16 +327,10 @@ class Trainer:
 
     def fit(self, resume: str | Path | None = None) -> dict[str, float]:
         """Train (from scratch or from ``resume``) and return the last evaluation's metrics."""
+        check_output_dir(self.run_dir, resume)
         if resume is not None:
-            check_resume_target(self.run_dir, resume)
             self.resume(resume)
         else:
-            existing = self.ckpt.latest()
-            if existing is not None:
-                raise ValueError(
-                    f"{self.run_dir} already holds a run (latest checkpoint {existing}); resume it with --resume "
-                    f"{self.run_dir}, or choose another output directory (train.output_dir=...)"
-                )
             self.logger.truncate_after(-1)  # a fresh run: forget records of a run that never checkpointed
         loop = self.loop
         total = loop.epochs * self.steps_per_epoch

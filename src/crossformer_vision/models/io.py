@@ -497,8 +497,10 @@ def convert_checkpoint(
     Returns:
         The metadata written.
     """
+    from ..utils.paths import output_file
     from ._official import build_from_state_dict, detect_variant, infer_architecture
 
+    dst = output_file(dst)
     sd = read_state_dict(src, trusted)
     found = detect_variant(sd)
     if variant is not None and found is not None and variant != found:

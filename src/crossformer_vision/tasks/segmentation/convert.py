@@ -40,6 +40,7 @@ from ...models import (
 )
 from ...models._keys import DERIVED_BUFFER_SUFFIXES
 from ...models.io import atomic_save_safetensors
+from ...utils.paths import output_file
 from .heads import FCNHead, FPNHead, UPerHead
 from .model import Segmentor
 from .necks import FPN
@@ -357,6 +358,7 @@ def convert_mmseg(
     Returns:
         The metadata written.
     """
+    dst = output_file(dst)
     model = load_mmseg_checkpoint(src, lda_rule=lda_rule, trusted=trusted)
     meta = {
         "format": "crossformer-vision",

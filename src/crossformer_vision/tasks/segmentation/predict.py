@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
+from torchvision.transforms.v2 import functional as TF
 
 from ...data.folder import image_paths
 from ...data.segmentation import read_image
@@ -22,7 +25,19 @@ from .model import palette_of
 from .tta import predict_probs
 from .visualize import save_overlays
 
-__all__ = ["predict_images", "save_label_png"]
+__all__ = ["MAX_PIXELS", "bounded_size", "predict_images", "save_label_png"]
+
+#: Default bound of ``seg predict``: images above it are segmented scaled down (about 4.2 megapixels, 2048 x 2048).
+MAX_PIXELS = 2048 * 2048
+
+
+def bounded_size(size: tuple[int, int], max_pixels: int) -> tuple[int, int]:
+    """``(h, w)`` scaled down, aspect kept, to at most ``max_pixels`` pixels (unchanged within the bound or for 0)."""
+    h, w = size
+    if not max_pixels or h * w <= max_pixels:
+        return h, w
+    factor = (max_pixels / (h * w)) ** 0.5
+    return max(1, int(h * factor)), max(1, int(w * factor))
 
 
 def save_label_png(labels: np.ndarray, path: str | os.PathLike, palette: np.ndarray) -> Path:
@@ -51,16 +66,22 @@ def predict_images(
     lda_rule: str | None = None,
     trusted: bool = False,
     device: str | None = None,
+    max_pixels: int = MAX_PIXELS,
 ) -> list[dict[str, Any]]:
     """Segment images: for each, ``<stem>_labels.png`` (indexed PNG of class indices) and ``<stem>_overlay.png``
     (the image next to the coloured prediction) in ``output_dir``.
 
     Test settings are the run's ``eval.*`` (mmseg checkpoints: ADE20K's (2048, 512) keep-ratio scale, whole image).
+    Memory grows with the image (class probabilities are kept at its size): an image of more than ``max_pixels``
+    pixels is segmented at the largest size within that bound and its labels scaled back up (nearest), with a
+    warning; ``max_pixels=0`` lifts the bound.
 
     Returns:
-        Per image: ``{"image", "labels", "overlay", "classes": {name: pixel fraction}}`` (largest first) or
-        ``{"image", "error"}`` for an unreadable file.
+        Per image: ``{"image", "labels", "overlay", "classes": {name: pixel fraction}}`` (largest first, plus
+        ``"segmented_at": [h, w]`` when the image was scaled down) or ``{"image", "error"}`` for an unreadable file.
     """
+    if max_pixels < 0:
+        raise ValueError(f"max_pixels must be >= 0 (0: no bound), got {max_pixels}")
     loaded = load_model(checkpoint, "segmentation", trusted=trusted, lda_rule=lda_rule)
     model = loaded.model
     cfg = apply_overrides(loaded.run_config(DEFAULTS, PATH_KEYS), overrides)
@@ -79,7 +100,18 @@ def predict_images(
             results.append({"image": str(path), "error": str(err)})
             continue
         image = torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1)
-        labels = predict_probs(model, image, settings, device=dev).argmax(dim=1)[0].cpu().numpy()
+        work = bounded_size(tuple(image.shape[-2:]), max_pixels)
+        if work != tuple(image.shape[-2:]):
+            warnings.warn(
+                f"{path}: {image.shape[-1]} x {image.shape[-2]} pixels exceed the bound of {max_pixels}; segmented at "
+                f"{work[1]} x {work[0]} and scaled back up (--max-pixels raises the bound, 0 lifts it)",
+                stacklevel=2,
+            )
+        small = TF.resize(image, list(work), antialias=True) if work != tuple(image.shape[-2:]) else image
+        labels = predict_probs(model, small, settings, device=dev).argmax(dim=1)
+        if work != tuple(image.shape[-2:]):
+            labels = F.interpolate(labels[None].float(), size=tuple(image.shape[-2:]), mode="nearest")[0].long()
+        labels = labels[0].cpu().numpy()
         stem = path.stem
         while stem in used:
             stem += "_"
@@ -89,7 +121,8 @@ def predict_images(
         counts = np.bincount(labels.reshape(-1), minlength=len(names))
         order = np.argsort(-counts)
         fractions = {names[k]: round(float(counts[k] / labels.size), 4) for k in order if counts[k]}
-        results.append(
-            {"image": str(path), "labels": str(label_path), "overlay": str(overlay_path), "classes": fractions}
-        )
+        result = {"image": str(path), "labels": str(label_path), "overlay": str(overlay_path), "classes": fractions}
+        if work != tuple(image.shape[-2:]):
+            result["segmented_at"] = list(work)
+        results.append(result)
     return results
