@@ -164,7 +164,8 @@ def test_preload_restarts_the_process_with_tcmalloc(monkeypatch):
     monkeypatch.setattr(allocator, "tcmalloc_library", lambda: "libtcmalloc_test.so.4")
     monkeypatch.setattr(os, "execv", lambda exe, argv: calls.append((exe, list(argv), dict(os.environ))))
     for var in ("CROSSFORMER_TCMALLOC", "CROSSFORMER_TCMALLOC_PRELOADED", "LD_PRELOAD"):
-        monkeypatch.delenv(var, raising=False)
+        monkeypatch.setenv(var, "")  # recorded, so the values preload_tcmalloc sets are undone after the test
+        monkeypatch.delenv(var)
     allocator.preload_tcmalloc("eval")  # not a training command: nothing
     assert calls == []
     allocator.preload_tcmalloc("train")
