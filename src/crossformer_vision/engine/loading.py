@@ -34,6 +34,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..models._keys import state_mismatch
+
 __all__ = [
     "FORMAT",
     "TASK_MODELS",
@@ -249,20 +251,10 @@ def _check_shapes(build: Callable[[], nn.Module], shapes: Mapping[str, tuple[int
     except (NotImplementedError, RuntimeError):  # a model that cannot be built on the meta device: checked on load
         return
     expected = {k: v for k, v in expected.items() if not k.endswith("num_batches_tracked") or k in shapes}
-    missing = sorted(set(expected) - set(shapes))
-    unexpected = sorted(set(shapes) - set(expected))
-    wrong = [f"{k}: {shapes[k]} in the file, {expected[k]} in the model" for k in expected if k in shapes
-             and shapes[k] != expected[k]]  # fmt: skip
-    if missing or unexpected or wrong:
-        parts = []
-        if wrong:
-            parts.append(f"{len(wrong)} tensor(s) of another shape ({wrong[0]})")
-        if missing:
-            parts.append(f"{len(missing)} missing ({missing[0]})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected ({unexpected[0]})")
+    parts = state_mismatch(expected, shapes)
+    if parts:
         raise ValueError(
-            f"{where} does not match the model its metadata describes: {'; '.join(parts)}. The file is damaged or "
+            f"{where} does not match the model its metadata describes ({'; '.join(parts)}). The file is damaged or "
             "was edited; use the run's own final.safetensors or checkpoints"
         )
 

@@ -10,6 +10,7 @@ __all__ = [
     "DERIVED_BUFFER_SUFFIXES",
     "HEAD_KEYS",
     "extract_backbone_state_dict",
+    "state_mismatch",
     "unwrap_state_dict",
 ]
 
@@ -67,3 +68,24 @@ def extract_backbone_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict[
             continue
         out[key] = value
     return out
+
+
+def _listed(keys: list[str], limit: int = 8) -> str:
+    shown = ", ".join(keys[:limit])
+    return f"{shown}, ... ({len(keys)} in all)" if len(keys) > limit else shown
+
+
+def state_mismatch(
+    expected: Mapping[str, tuple[int, ...]], found: Mapping[str, tuple[int, ...]], *, strict: bool = True
+) -> list[str]:
+    """How a state dict's tensor shapes ``found`` differ from a model's ``expected`` ones, as message parts (empty
+    when they fit): shape mismatches always, missing / unexpected keys when ``strict``."""
+    wrong = [f"{k}: checkpoint {tuple(v)} vs model {tuple(expected[k])}" for k, v in found.items()
+             if k in expected and tuple(v) != tuple(expected[k])]  # fmt: skip
+    parts = [f"shape mismatch for {_listed(wrong, 4)}"] if wrong else []
+    if strict:
+        missing = [k for k in expected if k not in found]
+        unexpected = [k for k in found if k not in expected]
+        parts += [f"missing keys: {_listed(missing)}"] if missing else []
+        parts += [f"unexpected keys: {_listed(unexpected)}"] if unexpected else []
+    return parts

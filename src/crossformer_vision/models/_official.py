@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._keys import HEAD_KEYS, extract_backbone_state_dict, unwrap_state_dict
+from ._keys import HEAD_KEYS, extract_backbone_state_dict, state_mismatch, unwrap_state_dict
 from .crossformer import VARIANT_ARGS, CrossFormer, CrossFormerBackbone
 
 __all__ = [
@@ -204,11 +204,6 @@ def build_from_state_dict(state_dict: Mapping[str, torch.Tensor], dense: bool = 
     return model
 
 
-def _describe(keys: list[str], limit: int = 8) -> str:
-    shown = ", ".join(keys[:limit])
-    return f"{shown}, ... ({len(keys)} in all)" if len(keys) > limit else shown
-
-
 def load_official_state_dict(
     model: nn.Module, state_dict: Mapping[str, Any], strict: bool = True, skip_head: bool = False
 ) -> nn.Module:
@@ -234,26 +229,14 @@ def load_official_state_dict(
         sd = {k: v for k, v in sd.items() if not k.startswith("head.")}
         own = {k: v for k, v in own.items() if not k.startswith("head.")}
     sd = {k: v for k, v in sd.items() if k in own or k not in HEAD_KEYS}
-    mismatched = [
-        f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
-        for k, v in sd.items()
-        if k in own and tuple(v.shape) != tuple(own[k].shape)
-    ]
-    missing = [k for k in own if k not in sd]
-    unexpected = [k for k in sd if k not in own]
-    if mismatched or (strict and (missing or unexpected)):
+    shapes = {k: tuple(v.shape) for k, v in sd.items()}
+    parts = state_mismatch({k: tuple(v.shape) for k, v in own.items()}, shapes, strict=strict)
+    if parts:
         try:
             found = detect_variant(sd)
         except (ValueError, KeyError):
             found = None
         expected = getattr(getattr(model, "pretrained_cfg", None), "get", lambda *_: None)("architecture")
-        parts = []
-        if mismatched:
-            parts.append(f"shape mismatch for {_describe(mismatched, 4)}")
-        if missing:
-            parts.append(f"missing keys: {_describe(missing)}")
-        if unexpected:
-            parts.append(f"unexpected keys: {_describe(unexpected)}")
         hint = f"the checkpoint looks like {found!r}" if found else "the checkpoint matches no registered variant"
         if expected:
             hint += f", the model is {expected!r}"
