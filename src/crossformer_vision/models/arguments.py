@@ -160,6 +160,63 @@ CROSSFORMER_ARGUMENTS: dict[str, _Check] = {
     "fused_attn": _bool(allow_none=True),
 }
 
+_STAGE_INTS = _seq(_int(1, 4096), 4, 4)
+
+#: Architecture arguments of the other families of this package (:mod:`.soft`, :mod:`.cmt`, :mod:`.augvit`).
+FAMILY_ARGUMENTS: dict[str, dict[str, _Check]] = {
+    "soft": {
+        **{k: GENERIC_ARGUMENTS[k] for k in ("drop_rate", "drop_path_rate", "attn_drop_rate", "in_chans", "img_size")},
+        "global_pool": _choice(("token", "avg")),
+        "embed_dims": _STAGE_INTS,
+        "num_heads": _seq(_int(1, 256), 4, 4),
+        "mlp_ratios": _seq(_float(0.0625, 16.0), 4, 4),
+        "depths": _seq(_int(1, 64), 4, 4),
+        "sr_ratios": _seq(_int(1, 64), 4, 4),
+        "conv_sizes": _seq(_int(0, 31), 3, 3),
+        "qkv_bias": _bool(),
+        "newton_max_iter": _int(1, 100),
+    },
+    "cmt": {
+        **{k: GENERIC_ARGUMENTS[k] for k in ("drop_rate", "drop_path_rate", "attn_drop_rate", "in_chans")},
+        "img_size": _one_or_seq(_int(32, 4096), 2),
+        "global_pool": _choice(("avg",)),
+        "embed_dims": _STAGE_INTS,
+        "stem_channel": _int(1, 1024),
+        "fc_dim": _int(1, 8192),
+        "num_heads": _seq(_int(1, 256), 4, 4),
+        "mlp_ratios": _seq(_float(0.0625, 16.0), 4, 4),
+        "depths": _seq(_int(1, 64), 4, 4),
+        "qk_ratio": _int(1, 64),
+        "sr_ratios": _seq(_int(1, 64), 4, 4),
+        "qkv_bias": _bool(),
+        "head_drop_rate": _RATE,
+    },
+    "augvit": {
+        **GENERIC_ARGUMENTS,
+        "mode": _choice(("base", "linear", "circulant", "linear2", "circulant2")),
+        "num_cir": _int(1, 64),
+        "embed_dim": _int(1, 4096),
+        "depth": _int(1, 64),
+        "num_heads": _int(1, 256),
+        "mlp_ratio": _float(0.0625, 16.0),
+        "dynamic_img_size": _bool(),
+    },
+}
+
+
+def _family(model_name: str) -> str | None:
+    """``"soft"`` / ``"cmt"`` / ``"augvit"`` for their registered models (pretrained tags included), else None."""
+    from .augvit import AUGVIT_VARIANTS
+    from .cmt import CMT_VARIANTS
+    from .soft import SOFT_VARIANTS
+
+    arch = model_name.split(".")[0]
+    for family, variants in (("soft", SOFT_VARIANTS), ("cmt", CMT_VARIANTS), ("augvit", AUGVIT_VARIANTS)):
+        if arch in variants:
+            return family
+    return None
+
+
 #: Keys refused with the reason spelled out (everything outside the allow-list is refused as well).
 _DANGEROUS = {
     "pretrained": "would make the loader download or read pretrained weights",
@@ -201,9 +258,10 @@ def validate_model_arguments(model_name: str, kwargs: Mapping[str, Any]) -> dict
 
     CrossFormer variants take their architecture arguments (``embed_dim``, ``depths``, ``num_heads``,
     ``group_size``, ``crs_interval``, ``mlp_ratio``, kernel sizes, ``lda_rule``, drop rates, ``global_pool``,
-    ``img_size``, ...); other timm models only the generic ones (drop rates, ``global_pool``, ``img_size``,
-    ``in_chans``). The CrossFormer architecture is then built on the ``meta`` device (no memory) and refused above
-    :data:`MAX_PARAMETERS` parameters or when the arguments do not fit together.
+    ``img_size``, ...), SOFT / CMT / AugViT theirs (:data:`FAMILY_ARGUMENTS`); other timm models only the generic
+    ones (drop rates, ``global_pool``, ``img_size``, ``in_chans``). The CrossFormer / SOFT / CMT / AugViT
+    architecture is then built on the ``meta`` device (no memory) and refused above :data:`MAX_PARAMETERS`
+    parameters or when the arguments do not fit together.
 
     Args:
         model_name: A registered timm model name.
@@ -220,7 +278,14 @@ def validate_model_arguments(model_name: str, kwargs: Mapping[str, Any]) -> dict
         raise ValueError(
             f"checkpoint metadata refused: the model arguments must be a JSON object, got {_short(kwargs)}"
         )
-    allowed = CROSSFORMER_ARGUMENTS if _is_crossformer(model_name) else GENERIC_ARGUMENTS
+    family = _family(model_name)
+    allowed = (
+        CROSSFORMER_ARGUMENTS
+        if _is_crossformer(model_name)
+        else FAMILY_ARGUMENTS[family]
+        if family
+        else GENERIC_ARGUMENTS
+    )
     out: dict[str, Any] = {}
     for key, value in kwargs.items():
         if not isinstance(key, str) or len(key) > _MAX_NAME:
@@ -235,7 +300,22 @@ def validate_model_arguments(model_name: str, kwargs: Mapping[str, Any]) -> dict
         raise _refuse(key, f"is not accepted for {model_name} (accepted: {', '.join(sorted(allowed))})")
     if _is_crossformer(model_name):
         _check_crossformer(model_name, out)
+    elif family:
+        _check_size(model_name, out)
     return out
+
+
+def _check_size(model_name: str, args: Mapping[str, Any]) -> None:
+    """Block count and parameters (counted on the meta device) of a SOFT / CMT / AugViT model."""
+    blocks = args.get("depths", args.get("depth", 0))
+    if (sum(blocks) if isinstance(blocks, tuple) else blocks) > _MAX_BLOCKS:
+        raise _refuse("depths", f"describes more than {_MAX_BLOCKS} blocks")
+    count = _count_on_meta(model_name, args)
+    if count > MAX_PARAMETERS:
+        raise ValueError(
+            f"checkpoint metadata refused: the model arguments describe {count:,} parameters, more than the "
+            f"{MAX_PARAMETERS:,} accepted"
+        )
 
 
 def _check_crossformer(model_name: str, args: Mapping[str, Any]) -> None:
