@@ -83,6 +83,13 @@ def tiny_backbone(backbone: str) -> dict:
     return dict(TINY_BACKBONES[family])
 
 
+def tiny_head(head: str) -> tuple[dict, set[str]]:
+    """Tiny widths of a segmentation head type and the loss keys of its segmentor."""
+    if head not in SEG_HEADS:
+        pytest.fail(f"no tiny setting for segmentation head {head!r}: add it to SEG_HEADS and SEG_LOSSES")
+    return dict(SEG_HEADS[head]), SEG_LOSSES[head]
+
+
 def check_gradients(model: torch.nn.Module, name: str) -> None:
     """Every trainable parameter has a finite, non-zero gradient (except NO_GRADIENT[name]); frozen ones have none."""
     # The bias of the position-bias MLP's last layer adds one constant per head to every score of that head; softmax
@@ -112,7 +119,8 @@ def check_gradients(model: torch.nn.Module, name: str) -> None:
 @pytest.mark.parametrize("name", SEGMENTORS)
 def test_segmentor_forward_and_train_step(name):
     head, _, backbone = name.partition("_")
-    model = build_segmentor(name, num_classes=K, backbone_kwargs=tiny_backbone(backbone), **SEG_HEADS[head])
+    head_kwargs, loss_keys = tiny_head(head)
+    model = build_segmentor(name, num_classes=K, backbone_kwargs=tiny_backbone(backbone), **head_kwargs)
 
     model.eval()
     with torch.no_grad():
@@ -125,7 +133,7 @@ def test_segmentor_forward_and_train_step(name):
     targets = torch.randint(0, K, (2, 64, 64))
     targets[0, :8] = 255  # ignored pixels
     losses = model(images, targets)
-    assert set(losses) == SEG_LOSSES[head]
+    assert set(losses) == loss_keys
     assert all(v.ndim == 0 and torch.isfinite(v) for v in losses.values())
     losses["loss"].backward()
     check_gradients(model, name)
