@@ -73,12 +73,17 @@ def redraw_state_dict(shapes: list[tuple[str, list[int]]], seed: int) -> dict[st
     return out
 
 
+def family_meta(name: str) -> dict:
+    """The stored facts of fixture ``name`` (names / shapes, official parameter counts), without the weights."""
+    return json.loads((DATA / "family_fixtures.json").read_text())[name]
+
+
 def family_fixture(name: str) -> dict:
     """``model``, ``img_size``, ``state_dict`` (official keys, derived buffers zeroed), ``input``, ``logits``,
     official parameter counts."""
     from safetensors.torch import load_file
 
-    meta = json.loads((DATA / "family_fixtures.json").read_text())[name]
+    meta = family_meta(name)
     sd = redraw_state_dict(meta["state"], meta["seed"])
     for key, shape in meta["derived"]:
         sd[key] = torch.zeros(shape, dtype=torch.long)

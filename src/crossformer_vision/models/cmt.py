@@ -31,7 +31,7 @@ from timm.models._features import feature_take_indices
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from .crossformer import CrossFormerFeatures
+from ._features import StageFeatures
 
 __all__ = ["CMT", "CMT_VARIANTS", "resize_relative_pos"]
 
@@ -456,7 +456,7 @@ def _create(variant: str, pretrained: bool = False, **kwargs: Any) -> CMT:
         variant,
         pretrained,
         pretrained_filter_fn=checkpoint_filter_fn,
-        feature_cfg=dict(feature_cls=CrossFormerFeatures, out_indices=out_indices),
+        feature_cfg=dict(feature_cls=StageFeatures, out_indices=out_indices),
         **{**CMT_VARIANTS[variant], **kwargs},
     )
 

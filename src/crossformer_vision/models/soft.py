@@ -31,7 +31,7 @@ from timm.models.pvt_v2 import Attention as SpatialReductionAttention
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from .crossformer import CrossFormerFeatures
+from ._features import StageFeatures
 
 __all__ = ["SOFT", "SOFT_VARIANTS", "newton_inverse", "soft_gaussian_kernel"]
 
@@ -518,7 +518,7 @@ def _create(variant: str, pretrained: bool = False, **kwargs: Any) -> SOFT:
         variant,
         pretrained,
         pretrained_filter_fn=checkpoint_filter_fn,
-        feature_cfg=dict(feature_cls=CrossFormerFeatures, out_indices=out_indices),
+        feature_cfg=dict(feature_cls=StageFeatures, out_indices=out_indices),
         **{**SOFT_VARIANTS[variant], **kwargs},
     )
 
