@@ -1,6 +1,6 @@
 """The CrossFormer / CrossFormer++ model family."""
 
-from . import augvit, cmt, soft  # noqa: F401  (register SOFT / CMT / AugViT with timm)
+from . import augvit, cmt, hrformer, soft  # noqa: F401  (register SOFT / CMT / AugViT / HRFormer with timm)
 from ._official import (
     FLAVOURS,
     build_from_official,

@@ -201,6 +201,17 @@ FAMILY_ARGUMENTS: dict[str, dict[str, _Check]] = {
         "mlp_ratio": _float(0.0625, 16.0),
         "dynamic_img_size": _bool(),
     },
+    "hrformer": {  # tiny widths for tests and the demo; window_size 13 / 15 of the official dense configs
+        **{k: GENERIC_ARGUMENTS[k] for k in ("drop_rate", "drop_path_rate", "attn_drop_rate", "proj_drop_rate")},
+        "in_chans": GENERIC_ARGUMENTS["in_chans"],
+        "global_pool": _choice(GLOBAL_POOLS),
+        "width": _int(1, 512),
+        "num_heads": _seq(_int(1, 256), 4, 4),
+        "num_modules": _seq(_int(1, 16), 3, 3),
+        "num_blocks": _int(1, 16),
+        "window_size": _int(1, 64),
+        "mlp_ratio": _float(0.0625, 16.0),
+    },
 }
 
 
@@ -211,7 +222,10 @@ def _family(model_name: str) -> str | None:
     from .soft import SOFT_VARIANTS
 
     arch = model_name.split(".")[0]
-    for family, variants in (("soft", SOFT_VARIANTS), ("cmt", CMT_VARIANTS), ("augvit", AUGVIT_VARIANTS)):
+    from .hrformer import HRFORMER_VARIANTS
+
+    families = (("soft", SOFT_VARIANTS), ("cmt", CMT_VARIANTS), ("augvit", AUGVIT_VARIANTS))
+    for family, variants in (*families, ("hrformer", HRFORMER_VARIANTS)):
         if arch in variants:
             return family
     return None
