@@ -29,8 +29,16 @@ TINY_BACKBONES = {
     "vit": dict(embed_dim=32, depth=4, num_heads=2, drop_path_rate=0.0),
     "deit": dict(embed_dim=32, depth=4, num_heads=2, drop_path_rate=0.0),
 }
-SEG_HEADS = {"upernet": dict(channels=16, aux_channels=8), "semfpn": dict(channels=8, neck_channels=16)}
-SEG_LOSSES = {"upernet": {"loss", "loss_decode", "loss_aux"}, "semfpn": {"loss", "loss_decode"}}
+SEG_HEADS = {
+    "upernet": dict(channels=16, aux_channels=8),
+    "semfpn": dict(channels=8, neck_channels=16),
+    "ocr": dict(channels=16, ocr_channels=8, aux_channels=8),
+}
+SEG_LOSSES = {
+    "upernet": {"loss", "loss_decode", "loss_aux"},
+    "semfpn": {"loss", "loss_decode"},
+    "ocr": {"loss", "loss_decode", "loss_aux"},
+}
 
 K = 3  # classes
 DET_SIZES = [(64, 80), (60, 72)]  # (H, W) of the two images; the detectors resize to min_size 64 / max_size 96

@@ -160,7 +160,10 @@ def _demo(args: argparse.Namespace) -> int:
     from ..tasks.segmentation.train import train
 
     out = Path(args.output_dir)
-    cfg = _config("seg_demo", [*(QUICK if args.quick else []), *args.overrides, f"train.output_dir={out}"])
+    # an HRFormer segmentor by name starts from the HRFormer demo preset (its tiny widths), else the CrossFormer one
+    hrformer = any(o.startswith("model.name=") and "_hrformer_" in o for o in args.overrides)
+    preset = "seg_demo_hrformer" if hrformer else "seg_demo"
+    cfg = _config(preset, [*(QUICK if args.quick else []), *args.overrides, f"train.output_dir={out}"])
     console = make_console()
     train_set, val_set, classes = build_datasets(cfg)
     assert train_set is not None

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...models import CrossFormerBackbone, create_model, create_timm_model, list_variants, load_official_state_dict
+from ...models.hrformer import HRFORMER_VARIANTS
 from ...models.registry import DENSE_GROUP_SIZE, DENSE_INTERVAL
 from ...models.registry import dense_lda_rule as default_lda_rule
 
@@ -185,6 +186,27 @@ class TimmBackbone(nn.Module):
         return outs
 
 
+def build_hrformer_backbone(
+    name: str, *, pretrained: bool = False, weights: str | None = None, trusted: bool = False, **kwargs: Any
+) -> nn.Module:
+    """An HRFormer dense trunk (:class:`~crossformer_vision.models.hrformer.HRFormerBackbone`), optionally
+    initialised from an official classification / segmentation file (``weights``; the ImageNet head is dropped)."""
+    from ...models.hrformer import checkpoint_filter_fn, create_hrformer_backbone
+
+    if pretrained:
+        raise ValueError(f"{name}: HRFormer weights are not downloaded; pass weights=<official checkpoint path>")
+    backbone = create_hrformer_backbone(name, **kwargs)
+    if weights is not None:
+        from ...models.io import read_checkpoint
+
+        state = checkpoint_filter_fn(read_checkpoint(weights, trusted=trusted), backbone)
+        missing, unexpected = backbone.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise ValueError(f"{weights}: not an HRFormer {name} file ({len(missing)} missing keys, e.g. "
+                             f"{missing[:2]}; {len(unexpected)} unexpected, e.g. {unexpected[:2]})")  # fmt: skip
+    return backbone
+
+
 #: Strides of the four levels UPerNet / Semantic FPN take (C2..C5).
 PYRAMID_STRIDES = (4, 8, 16, 32)
 
@@ -230,6 +252,8 @@ def build_backbone(
                 f"{name}: CrossFormer weights are not downloaded; pass weights=<official checkpoint path> instead"
             )
         return build_crossformer_backbone(name, weights=weights, **kwargs)
+    if name in HRFORMER_VARIANTS:  # official dense layout (backbone.conv1 ..., not a timm features_only wrapper)
+        return build_hrformer_backbone(name, pretrained=pretrained, weights=weights, **kwargs)
     if weights is not None:
         raise ValueError(f"{name}: weights= is for CrossFormer backbones; use pretrained= / timm's pretrained_cfg")
     timm_name, defaults = resolve_timm_name(name)

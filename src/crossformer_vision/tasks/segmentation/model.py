@@ -38,7 +38,7 @@ __all__ = [
 ]
 
 IGNORE_INDEX = 255
-HEAD_TYPES = ("upernet", "semfpn")
+HEAD_TYPES = ("upernet", "semfpn", "ocr")  # ocr: OCRNet as HRFormer trains it (.ocr)
 #: Names of parameters that mmseg's CrossFormer / Swin / ViT recipes exclude from weight decay (substring match).
 _NO_DECAY_SUBSTRINGS = ("norm", "absolute_pos_embed", "relative_position_bias_table", "pos_embed", "cls_token")
 
@@ -372,7 +372,10 @@ def build_segmentor(
     backbone = build_backbone(
         backbone_name, pretrained=pretrained, weights=backbone_weights, norm=norm, **(backbone_kwargs or {})
     )
-    builder = upernet if head == "upernet" else semantic_fpn
+    if head == "ocr":
+        from .ocr import ocrnet as builder
+    else:
+        builder = upernet if head == "upernet" else semantic_fpn
     model = builder(backbone, num_classes=num_classes, norm=norm, **kwargs)
     model.name = name
     model.backbone_name = backbone_name
