@@ -136,3 +136,18 @@ def test_results_start_with_the_shared_keys(tmp_path):
     assert list(json.loads((tmp_path / "results.json").read_text()))[: len(RESULT_KEYS)] == list(RESULT_KEYS)
     with pytest.raises(ValueError, match="skipped"):
         write_results(tmp_path, {k: 0 for k in RESULT_KEYS if k != "skipped"})
+
+
+def test_model_files_carry_no_local_paths():
+    """Two identical runs in different folders write identical metadata: paths are stored as null."""
+    from crossformer_vision.tasks.classification.config import PATH_KEYS
+
+    metas = [
+        model_metadata(
+            "classification", "crossformer_t", TINY, CLASSES, load_config(DEFAULTS, None, [f"train.output_dir={d}"]),
+            path_keys=PATH_KEYS,
+        )
+        for d in ("/runs/a", "/elsewhere/b")
+    ]  # fmt: skip
+    assert metas[0] == metas[1]
+    assert json.loads(metas[0]["config"])["train"]["output_dir"] is None

@@ -23,6 +23,7 @@ model without weights) and ``load_foreign(path, trusted=..., **options) -> Loade
 
 from __future__ import annotations
 
+import copy
 import importlib
 import json
 import os
@@ -108,9 +109,23 @@ def model_metadata(
     classes: Sequence[str],
     config: Mapping[str, Any] | None = None,
     steps: int = 0,
+    *,
+    path_keys: Sequence[str] = (),
     **extras: Any,
 ) -> dict[str, str]:
-    """The metadata of a model file, every value a string (JSON with sorted keys where structured)."""
+    """The metadata of a model file, every value a string (JSON with sorted keys where structured).
+
+    The entries ``path_keys`` of ``config`` (files and folders of this machine) are stored as null: a model file does
+    not carry local paths, and two identical runs in different folders write identical files.
+    """
+    config = copy.deepcopy(dict(config or {}))
+    for key in path_keys:
+        *parents, leaf = key.split(".")
+        node = config
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict) and leaf in node:
+            node[leaf] = None
     if task not in TASK_MODELS:
         raise ValueError(f"unknown task {task!r}; expected one of {sorted(TASK_MODELS)}")
     meta = {
@@ -119,7 +134,7 @@ def model_metadata(
         "model": str(model),
         "model_args": _dumps(dict(model_args)),
         "classes": _dumps([str(c) for c in classes]),
-        "config": _dumps(dict(config or {})),
+        "config": _dumps(config),
         "steps": str(int(steps)),
     }
     meta.update({k: v if isinstance(v, str) else _dumps(v) for k, v in extras.items()})

@@ -16,7 +16,7 @@ from torch import nn
 from ...engine.loading import model_metadata
 from ...engine.plots import plot_confusion, plot_curves
 from ...engine.run import loop_config, prepare_run
-from .config import RESUME_MUST_MATCH, resolved_lr
+from .config import PATH_KEYS, RESUME_MUST_MATCH, resolved_lr
 from .data import build_datasets, collate_for, data_config
 from .evaluate import evaluate_classifier, per_class_accuracy
 from .model import build_classifier
@@ -89,6 +89,7 @@ def train(cfg: dict[str, Any], resume: str | Path | None = None, force_resume: b
         _architecture_args(cfg),
         classes,
         cfg,
+        path_keys=PATH_KEYS,
         data_config={k: list(v) if isinstance(v, tuple) else v for k, v in dcfg.items()},
     )
 

@@ -36,6 +36,7 @@ def predict_files(
     from ...data.folder import image_paths
     from .visualize import predict_and_save
 
+    folder = make_output_dir(output_dir)  # before any work: a wrong path is the first thing to hear about
     paths = image_paths(inputs)
     loaded = load_model(checkpoint, "detection", trusted=trusted, overrides=overrides)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -44,7 +45,7 @@ def predict_files(
     json_path = predict_and_save(
         model,
         paths,
-        make_output_dir(output_dir),
+        folder,
         class_names=loaded.classes,
         score_thresh=score_thresh,
         device=dev,

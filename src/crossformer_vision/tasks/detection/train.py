@@ -29,7 +29,7 @@ from ...data.coco import detection_collate
 from ...engine.loading import load_model, model_metadata
 from ...engine.plots import plot_curves
 from ...engine.run import loop_config, prepare_run
-from .config import RESUME_MUST_MATCH, architecture, build_model, recipe_from_config, resolved_lr
+from .config import PATH_KEYS, RESUME_MUST_MATCH, architecture, build_model, recipe_from_config, resolved_lr
 from .data import detection_dataset
 from .evaluate import evaluate_detector, iou_types_for, metrics_report, write_coco_results
 from .model import parse_detector_name
@@ -105,7 +105,7 @@ def train(cfg: dict[str, Any], resume: str | Path | None = None, force_resume: b
             stacklevel=2,
         )
     model.to(dist.device)
-    meta = model_metadata("detection", m["name"], architecture(m), classes, cfg)
+    meta = model_metadata("detection", m["name"], architecture(m), classes, cfg, path_keys=PATH_KEYS)
 
     lr = resolved_lr(cfg, dist.world_size)
     o = cfg["optim"]

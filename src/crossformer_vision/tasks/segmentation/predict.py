@@ -82,6 +82,7 @@ def predict_images(
     """
     if max_pixels < 0:
         raise ValueError(f"max_pixels must be >= 0 (0: no bound), got {max_pixels}")
+    out = make_output_dir(output_dir)  # before any work: a wrong path is the first thing to hear about
     loaded = load_model(checkpoint, "segmentation", trusted=trusted, lda_rule=lda_rule)
     model = loaded.model
     cfg = apply_overrides(loaded.run_config(DEFAULTS, PATH_KEYS), overrides)
@@ -90,7 +91,6 @@ def predict_images(
     model.to(dev)
     names = model.class_names or [str(i) for i in range(model.num_classes)]
     palette = palette_of(model)
-    out = make_output_dir(output_dir)
     used: set[str] = set()
     results = []
     for path in image_paths(inputs):

@@ -22,7 +22,7 @@ from ...data.segmentation import check_pairs, collate
 from ...engine.loading import model_metadata
 from ...engine.plots import plot_curves
 from ...engine.run import loop_config, prepare_run
-from .config import RESUME_MUST_MATCH, build_datasets, build_model, inference_settings
+from .config import PATH_KEYS, RESUME_MUST_MATCH, build_datasets, build_model, inference_settings
 from .evaluate import evaluate_segmentor
 from .model import Segmentor, palette_of
 from .visualize import save_overlays
@@ -131,7 +131,10 @@ def train(cfg: dict[str, Any], resume: str | Path | None = None, force_resume: b
 
     model = build_model(cfg, len(classes), class_names=classes)
     palette = palette_of(model)
-    meta = model_metadata("segmentation", cfg["model"]["name"], cfg["model"], classes, cfg, palette=palette.tolist())
+    architecture = {**cfg["model"], "backbone": {**cfg["model"]["backbone"], "weights": None, "pretrained": False}}
+    meta = model_metadata(
+        "segmentation", cfg["model"]["name"], architecture, classes, cfg, path_keys=PATH_KEYS, palette=palette.tolist()
+    )
     model = _sync_batchnorm(model, cfg, dist.distributed, dist.device).to(dist.device)
     optimizer = build_optimizer(model, cfg, dist.device)
     factor = poly_warmup_factor(
