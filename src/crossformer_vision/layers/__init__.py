@@ -2,7 +2,7 @@
 
 from .attention import MASK_VALUE, GroupAttention
 from .embed import CrossScaleEmbedding, CrossScalePatchMerging, split_channels
-from .grouping import LDA_RULES, GroupLayout, LdaRule, plan_group_layout
+from .grouping import LDA_RULES, GroupLayout, LdaRule, group_geometry, plan_group_layout
 from .linear import fused_linear, set_fused_linear
 from .mlp import Mlp
 from .position_bias import DynamicPositionBias, relative_offsets, relative_position_index
@@ -20,6 +20,7 @@ __all__ = [
     "Mlp",
     "fused_linear",
     "gelu_linear",
+    "group_geometry",
     "norm_linear",
     "plain_linear",
     "plan_group_layout",

@@ -9,12 +9,12 @@ import torch.nn.functional as F
 from timm.layers import use_fused_attn
 from torch import nn
 
-from .grouping import GroupLayout
+from .grouping import GroupLayout, regroup, valid_keys
 from .linear import eager_cpu_inference, fused_linear, weights_generation
 from .position_bias import DynamicPositionBias
 from .recompute import norm_linear, plain_linear
 
-__all__ = ["MASK_VALUE", "GroupAttention", "padding_mask"]
+__all__ = ["MASK_VALUE", "GroupAttention", "additive_mask", "padding_mask"]
 
 # The official code adds -1e6 (not -inf) to the scores of padded keys; we keep the value so outputs match.
 MASK_VALUE = -1e6
@@ -24,15 +24,18 @@ _CACHE_ENTRIES = 4  # group layouts remembered per block for inference (e.g. SDA
 @functools.lru_cache(maxsize=64)
 @torch.inference_mode(False)  # cached: must stay usable by autograd, whatever mode first built it
 def _padding_mask(layout: GroupLayout, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    valid = layout.key_valid(device)
-    return torch.zeros(valid.shape, dtype=dtype, device=device).masked_fill_(~valid, MASK_VALUE)
+    return additive_mask(layout.key_valid(device), dtype)
+
+
+def additive_mask(valid: torch.Tensor, dtype: torch.dtype, value: float = MASK_VALUE) -> torch.Tensor:
+    """0 where ``valid``, ``value`` (-1e6) elsewhere, in ``dtype`` (same shape as ``valid``)."""
+    return torch.zeros(valid.shape, dtype=dtype, device=valid.device).masked_fill_(~valid, value)
 
 
 def padding_mask(layout: GroupLayout, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """Additive mask of padded keys: [num_groups, N] with 0 for real tokens and -1e6 for padding (cached)."""
     if torch.compiler.is_compiling():
-        valid = layout.key_valid(device)
-        return torch.zeros(valid.shape, dtype=dtype, device=device).masked_fill_(~valid, MASK_VALUE)
+        return additive_mask(layout.key_valid(device), dtype)
     return _padding_mask(layout, dtype, torch.device(device))
 
 
@@ -211,10 +214,44 @@ class GroupAttention(nn.Module):
         x = x.view(B, rh, rw, ih, iw, gh, gw, C).permute(0, 1, 5, 3, 2, 6, 4, 7).reshape(B, H, W, C)
         return self.proj_drop(x)
 
+    def forward_plain(self, x: torch.Tensor, geometry: tuple[int, int, int, int, int, int]) -> torch.Tensor:
+        """:meth:`forward` in plain ops, for TorchScript and ``torch.export``: [B, H, W, C] normalised tokens ->
+        [B, H, W, C].
+
+        The map is always padded and the padding mask always added (zero wide and all zeros where nothing is
+        padded), so no branch depends on the map's size and the exporter keeps H and W symbolic; the values are
+        those of :meth:`forward` up to float rounding (no oneDNN kernels, no cached masks).
+
+        Args:
+            x: Normalised tokens [B, H, W, C].
+            geometry: The block's groups (:func:`~crossformer_vision.layers.grouping.group_geometry`).
+        """
+        B, H, W, C = x.shape
+        rh, rw, gh, gw, ih, iw = geometry
+        hp, wp = rh * gh * ih, rw * gw * iw
+        heads, hd = self.num_heads, self.head_dim
+        groups, n = rh * rw * ih * iw, gh * gw
+        qkv = F.pad(self.qkv(x), (0, 0, 0, wp - W, 0, hp - H))
+        # [B, Hp, Wp, 3C] -> [3, B, groups * heads, N, hd], groups ordered like the padding mask
+        qkv = qkv.view(B, rh, gh, ih, rw, gw, iw, 3, heads, hd).permute(7, 0, 1, 4, 3, 6, 8, 2, 5, 9)
+        q, k, v = regroup(qkv, [3, B, groups * heads, n, hd]).unbind(0)
+        bias = self.pos(gh, gw).to(qkv.dtype)
+        pad = additive_mask(valid_keys(H, W, geometry, x.device), qkv.dtype)
+        mask = (bias.unsqueeze(0) + pad[:, None, None, :]).reshape(1, groups * heads, n, n)
+        if self.fused_attn:
+            drop = self.attn_drop.p if self.training else 0.0
+            x = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=drop, scale=self.scale)
+        else:
+            x = self.attn_drop(torch.add(mask, q @ k.transpose(-2, -1), alpha=self.scale).softmax(dim=-1)) @ v
+        x = regroup(x.reshape(B, rh, rw, ih, iw, heads, gh, gw, hd).permute(0, 1, 6, 3, 2, 7, 4, 5, 8), [B, hp, wp, C])
+        # cropped by a negative pad, a new contiguous map (a slice's contiguity would be a branch on the size)
+        return self.proj_drop(self.proj(F.pad(x, (0, 0, 0, W - wp, 0, H - hp))))
+
     def train(self, mode: bool = True) -> GroupAttention:
         self._mask_cache.clear()  # training changes the weights: free what inference cached
         return super().train(mode)
 
+    @torch.jit.unused  # TorchScript takes forward_plain
     def forward(self, x: torch.Tensor, layout: GroupLayout, norm: nn.Module | None = None) -> torch.Tensor:
         """[B, H, W, C] normalised tokens -> [B, H, W, C]; with ``norm``, the tokens are normalised by it first (in
         training the normalised tokens are then recomputed for the backward pass instead of kept)."""

@@ -91,11 +91,14 @@ def _use_unshuffle(convs: nn.ModuleList, mode: str) -> bool:
         return True
     # "auto": the unshuffled form when weight gradients are computed (training) for kernels of 4+ times the stride
     # (the stem); the merges' 2x stride kernels run faster directly (benchmarks/conv_impl.py; docs/benchmarks.md)
+    # (a torch.fx trace, whose weights are Proxies, records the direct form)
     stride, largest = convs[0].stride[0], max(c.kernel_size[0] for c in convs)
+    weight = convs[0].weight
     return (
         largest >= 4 * stride
         and torch.is_grad_enabled()
-        and convs[0].weight.requires_grad
+        and not isinstance(weight, torch.fx.Proxy)
+        and weight.requires_grad
         and not torch.jit.is_scripting()
     )
 
@@ -124,6 +127,8 @@ class CrossScaleEmbedding(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """[B, C, H, W] image -> [B, H/4, W/4, D] tokens."""
+        if torch.jit.is_scripting():  # the direct convolutions (TorchScript cannot compile _concat)
+            return self.norm(torch.cat([conv(x) for conv in self.projs], dim=1).permute(0, 2, 3, 1))
         return self.norm(_concat(self.projs, x, _use_unshuffle(self.projs, self.conv_impl)))
 
 
@@ -151,6 +156,9 @@ class CrossScalePatchMerging(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """[B, H, W, C] -> [B, H/2, W/2, 2C] (floor division for odd sizes)."""
+        if torch.jit.is_scripting():  # the direct convolutions (TorchScript cannot compile _concat)
+            x = self.norm(x).permute(0, 3, 1, 2)
+            return torch.cat([conv(x) for conv in self.reductions], dim=1).permute(0, 2, 3, 1).contiguous()
         return _concat(
             self.reductions, self.norm(x).permute(0, 3, 1, 2), _use_unshuffle(self.reductions, self.conv_impl)
         )

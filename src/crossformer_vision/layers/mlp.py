@@ -31,6 +31,11 @@ class Mlp(nn.Module):
         self.fc2 = nn.Linear(hidden_dim, dim)
         self.drop2 = nn.Dropout(drop)
 
+    def forward_plain(self, x: torch.Tensor) -> torch.Tensor:
+        """[..., C] -> [..., C] in plain modules (TorchScript, ``torch.export``)."""
+        return self.drop2(self.fc2(self.drop1(self.act(self.fc1(x)))))
+
+    @torch.jit.unused  # TorchScript takes forward_plain
     def forward(self, x: torch.Tensor, norm: nn.Module | None = None) -> torch.Tensor:
         """[..., C] -> [..., C]; with ``norm``, ``x`` is normalised by it first."""
         if recompute_enabled(x) and not (self.training and self.drop1.p > 0):

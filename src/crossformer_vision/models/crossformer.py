@@ -14,14 +14,14 @@ derived ``attn.biases`` / ``attn.relative_position_index`` buffers are dropped b
 :func:`checkpoint_filter_fn`).
 """
 
-from __future__ import annotations
-
+# No ``from __future__ import annotations`` here: torch.fx copies ``forward``'s annotations into the code it generates,
+# and TorchScript cannot resolve them there as strings (FX-traced-then-scripted models).
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 from timm.layers import DropPath, SelectAdaptivePool2d, trunc_normal_
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model, register_notrace_module
 from timm.models._features import FeatureGetterNet, feature_take_indices
 from torch import nn
 from torch.utils.checkpoint import checkpoint
@@ -33,6 +33,7 @@ from ..layers import (
     GroupAttention,
     LdaRule,
     Mlp,
+    group_geometry,
     plan_group_layout,
 )
 from ..utils.allocator import release_freed_memory
@@ -60,6 +61,12 @@ def _check_global_pool(global_pool: str) -> str:
     return global_pool
 
 
+def _float32_tail(x: torch.Tensor) -> bool:
+    """Whether autocast is on for ``x``'s device (the final norm and head then run in float32); False for the proxies of
+    torch.fx symbolic tracing, whose graphs keep the plain path."""
+    return isinstance(x, torch.Tensor) and torch.is_autocast_enabled(x.device.type)
+
+
 def _per_stage(value: Any, num_stages: int, name: str) -> tuple:
     if isinstance(value, (int, float)):
         return (value,) * num_stages
@@ -69,8 +76,12 @@ def _per_stage(value: Any, num_stages: int, name: str) -> tuple:
     return value
 
 
+@register_notrace_module  # torch.fx leaf: the groups are planned from the map's size, which a Proxy does not have
 class CrossFormerBlock(nn.Module):
     """``x + DropPath(Attn(LN(x)))``, ``x + DropPath(MLP(LN(x)))``, then the optional Activation Cooling Layer.
+
+    TorchScript and ``torch.export`` run :meth:`forward_plain` (plain modules, sizes as integer arithmetic);
+    torch.fx keeps the block as one leaf module.
 
     Args:
         dim: Channels C.
@@ -81,6 +92,8 @@ class CrossFormerBlock(nn.Module):
         lda_rule: ``"fixed_group"`` or ``"fixed_interval"`` (see :mod:`crossformer_vision.layers.grouping`).
         use_acl: Apply the Activation Cooling Layer (3x3 depthwise conv then LayerNorm, no residual).
     """
+
+    __constants__ = ["use_acl"]
 
     def __init__(
         self,
@@ -121,9 +134,27 @@ class CrossFormerBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """[B, H, W, C] -> [B, H, W, C]."""
+        if torch.jit.is_scripting():
+            return self.forward_plain(x)
+        if torch.compiler.is_exporting():
+            return self.forward_plain(x)
         layout = self.layout(x.shape[1], x.shape[2])
         x = x + self.drop_path(self.attn(x, layout, norm=self.norm1))
         x = x + self.drop_path(self.mlp(x, norm=self.norm2))
+        return self._cool(x)
+
+    def forward_plain(self, x: torch.Tensor) -> torch.Tensor:
+        """:meth:`forward` in plain modules, the group layout as integer arithmetic on the (possibly symbolic) map
+        size: [B, H, W, C] -> [B, H, W, C]."""
+        geometry = group_geometry(
+            x.shape[1], x.shape[2], self.group_size, self.interval, self.long_distance, self.lda_rule == "fixed_group"
+        )
+        x = x + self.drop_path(self.attn.forward_plain(self.norm1(x), geometry))
+        x = x + self.drop_path(self.mlp.forward_plain(self.norm2(x)))
+        return self._cool(x)
+
+    def _cool(self, x: torch.Tensor) -> torch.Tensor:
+        """The Activation Cooling Layer where the block has one: [B, H, W, C] -> [B, H, W, C]."""
         if self.use_acl:
             x = self.ex_ln(self.ex_conv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1))
         return x
@@ -192,6 +223,10 @@ class CrossFormerStage(nn.Module):
 
     def forward_blocks(self, x: torch.Tensor) -> torch.Tensor:
         """[B, H, W, C] -> [B, H, W, C] (the stage's feature map)."""
+        if torch.jit.is_scripting():
+            for block in self.blocks:
+                x = block(x)
+            return x
         ckpt = self.grad_checkpointing and torch.is_grad_enabled() and not torch.jit.is_scripting()
         if ckpt and self.release_memory and x.device.type == "cpu" and not torch.compiler.is_compiling():
             # the point of checkpointing is memory: return the heap pages the previous stage freed to the kernel,
@@ -204,9 +239,12 @@ class CrossFormerStage(nn.Module):
             x = checkpoint(block, x, use_reentrant=False) if ckpt else block(x)
         return x
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.forward_blocks(x)
+    def merge(self, x: torch.Tensor) -> torch.Tensor:
+        """The cross-scale patch merging, if the stage has one: [B, H, W, C] -> [B, H/2, W/2, 2C]."""
         return self.downsample(x) if self.downsample is not None else x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.merge(self.forward_blocks(x))
 
 
 class CrossFormer(nn.Module):
@@ -238,6 +276,9 @@ class CrossFormer(nn.Module):
             rule, used by the released CrossFormer v1 detection / segmentation weights).
         patch_norm: LayerNorm after the stem.
         fused_attn: Use ``F.scaled_dot_product_attention`` (default: timm's global setting).
+
+    ``forward_features`` returns ``[B, H, W, C]`` maps (``output_fmt = "NHWC"``, as timm's Swin declares); the stage
+    maps of ``forward_intermediates`` and ``features_only`` are NCHW unless asked otherwise.
     """
 
     def __init__(
@@ -290,6 +331,7 @@ class CrossFormer(nn.Module):
         self.embed_kernel_sizes = tuple(embed_kernel_sizes)
         self.merge_kernel_sizes = merge_kernel_sizes
         self.num_features = self.head_hidden_size = embed_dim * 2 ** (num_stages - 1)
+        self.output_fmt = "NHWC"  # of forward_features: timm's generic code reads the axes from it
 
         self.patch_embed = CrossScaleEmbedding(
             in_chans, embed_dim, embed_kernel_sizes, norm_layer=norm_layer if patch_norm else None
@@ -321,7 +363,10 @@ class CrossFormer(nn.Module):
                     fused_attn=fused_attn,
                 )
             )
-            self.feature_info.append(dict(num_chs=dim, reduction=embed_kernel_sizes[0] * 2**i, module=f"layers.{i}"))
+            # the stage's map is its last block's output (the stage module's own output is merged to the next width)
+            self.feature_info.append(
+                dict(num_chs=dim, reduction=embed_kernel_sizes[0] * 2**i, module=f"layers.{i}.blocks.{depths[i] - 1}")
+            )
         self.norm = norm_layer(self.num_features)
         self.head_drop = nn.Dropout(drop_rate)
         self._make_head(num_classes, global_pool)
@@ -387,7 +432,9 @@ class CrossFormer(nn.Module):
         """The cross-scale embedding, checkpointed with the blocks: its padded and unshuffled copies of the image and
         its convolutions' outputs would otherwise stay alive for the whole step, under the stage-1 blocks' forward,
         where the peak is; recomputing it is cheap (docs/benchmarks.md, "Gradient checkpointing")."""
-        if self.grad_checkpointing and torch.is_grad_enabled() and not torch.jit.is_scripting():
+        if torch.jit.is_scripting():
+            return self.pos_drop(self.patch_embed(x))
+        if self.grad_checkpointing and torch.is_grad_enabled():
             return self.pos_drop(checkpoint(self.patch_embed, x, use_reentrant=False))
         return self.pos_drop(self.patch_embed(x))
 
@@ -400,6 +447,8 @@ class CrossFormer(nn.Module):
 
     def check_input(self, x: torch.Tensor) -> None:
         """Raise a clear error for inputs the model cannot take (called by every public forward)."""
+        if isinstance(x, torch.fx.Proxy):  # symbolic tracing: no sizes to check
+            return
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"expected an image tensor [B, {self.in_chans}, H, W], got {type(x).__name__}")
         if not x.is_floating_point():
@@ -447,24 +496,35 @@ class CrossFormer(nn.Module):
             raise ValueError(f"output_fmt must be 'NCHW' or 'NHWC', got {output_fmt!r}")
         self.check_input(x)
         take_indices, max_index = feature_take_indices(len(self.layers), indices)
-        intermediates = []
-        x = self._embed(x)
-        last = len(self.layers) - 1
-        stages = self.layers[: max_index + 1] if stop_early else self.layers
-        for i, stage in enumerate(stages):
-            feat = stage.forward_blocks(x)
-            if i in take_indices:
-                out = self.norm(feat) if norm and i == last else feat
-                intermediates.append(out.permute(0, 3, 1, 2) if output_fmt == "NCHW" else out)
-            if stage.downsample is not None:
-                x = stage.downsample(feat)
-            else:
-                x = feat
+        last_stage = max_index if stop_early else len(self.layers) - 1
+        x, intermediates = self._forward_stages(x, take_indices, last_stage, norm, output_fmt == "NCHW")
         if intermediates_only:
             return intermediates
-        if len(stages) < len(self.layers):  # stopped early: the final norm belongs to the last stage's width
-            return feat, intermediates
+        if last_stage < len(self.layers) - 1:  # stopped early: the final norm belongs to the last stage's width
+            return x, intermediates
         return self.norm(x), intermediates
+
+    def _forward_stages(
+        self, x: torch.Tensor, take_indices: list[int], last_stage: int, norm: bool, nchw: bool
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Embedding and stages ``0..last_stage`` (TorchScript compiles it for the feature extractors).
+
+        Returns:
+            The last stage's output [B, h, w, C] (merged to the next width unless it is the last stage or
+            ``last_stage`` stops early) and the maps of the stages in ``take_indices`` (NCHW when ``nchw``); with
+            ``norm`` the final norm is applied to the last stage's map.
+        """
+        intermediates: list[torch.Tensor] = []
+        x = self._embed(x)
+        last = len(self.layers) - 1
+        for i, stage in enumerate(self.layers):
+            if i <= last_stage:
+                feat = stage.forward_blocks(x)
+                if i in take_indices:
+                    out = self.norm(feat) if norm and i == last else feat
+                    intermediates.append(out.permute(0, 3, 1, 2) if nchw else out)
+                x = stage.merge(feat) if i < last_stage else feat
+        return x, intermediates
 
     def prune_intermediate_layers(
         self, indices: int | Sequence[int] = 1, prune_norm: bool = False, prune_head: bool = True
@@ -492,11 +552,14 @@ class CrossFormer(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """[B, C, H, W] image -> [B, H/32, W/32, 8D] normalised final token map."""
-        self.check_input(x)
+        if not torch.jit.is_scripting():
+            self.check_input(x)
         x = self._embed(x)
         for stage in self.layers:
             x = stage(x)
-        if torch.is_autocast_enabled(x.device.type):
+        if torch.jit.is_scripting():
+            return self.norm(x)
+        if _float32_tail(x):
             # under autocast the final norm, pooling and classifier run in float32 (a few MFLOPs per image): the logits
             # decide top-1, and 16-bit rounding there can flip near-tied decisions
             with torch.autocast(x.device.type, enabled=False):
@@ -505,13 +568,15 @@ class CrossFormer(nn.Module):
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """[B, H, W, C] map -> logits [B, classes] (or pooled features [B, C] with ``pre_logits``)."""
-        if torch.is_autocast_enabled(x.device.type) and x.dtype == torch.float32:
+        if torch.jit.is_scripting():
+            return self._head(x, pre_logits)
+        if _float32_tail(x) and x.dtype == torch.float32:
             with torch.autocast(x.device.type, enabled=False):
                 return self._head(x, pre_logits)
         return self._head(x, pre_logits)
 
     def _head(self, x: torch.Tensor, pre_logits: bool) -> torch.Tensor:
-        if self.global_pool:  # "avg" is x.mean((1, 2)), the official head's pooling; "" keeps the map
+        if self.global_pool != "":  # "avg" is x.mean((1, 2)), the official head's pooling; "" keeps the map
             x = self.pool(x)
         x = self.head_drop(x)
         return x if pre_logits else self.head(x)
@@ -540,7 +605,9 @@ class CrossFormerBackbone(CrossFormer):
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:  # type: ignore[override]
         """[B, C, H, W] image -> list of [B, C_i, H_i, W_i] maps, one per ``out_indices`` entry."""
-        return self.forward_intermediates(x, self.out_indices, intermediates_only=True)
+        if not torch.jit.is_scripting():
+            self.check_input(x)
+        return self._forward_stages(x, self.out_indices, self.out_indices[-1], False, True)[1]
 
 
 # ---------------------------------------------------------------------- weights, variants, registry
@@ -560,6 +627,13 @@ class CrossFormerFeatures(FeatureGetterNet):
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True, **kwargs: Any) -> None:
         self.model.set_grad_checkpointing(enable, **kwargs)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """[B, C, H, W] image -> the ``out_indices`` stage maps (NCHW unless ``output_fmt`` says NHWC)."""
+        if not torch.jit.is_scripting():
+            return super().forward(x)
+        nchw = self.output_fmt == "NCHW"
+        return self.model._forward_stages(x, self.out_indices, self.out_indices[-1], self.norm, nchw)[1]
 
 
 def _create_crossformer(variant: str, pretrained: bool = False, **kwargs: Any) -> CrossFormer:
