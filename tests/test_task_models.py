@@ -65,15 +65,6 @@ DET_LOSSES = {
     "maskrcnn": {"loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg", "loss_mask"},
 }
 
-# Parameters that no loss reaches because of a defect in the library (reported, not worked around here). While exactly
-# these miss their gradient the test xfails; once they train the assertion fails, so that the entry goes with the fix.
-# RetinaNet reads C3-C5, but the Swin trunk builds a LayerNorm for C2 as well (mmdet's RetinaNet Swin configs have
-# out_indices=(1, 2, 3), no norm0); multi-process training (DDP without find_unused_parameters) fails on it.
-NO_GRADIENT = {
-    f"retinanet_{swin}": {"backbone.body.out_norms.0.weight", "backbone.body.out_norms.0.bias"}
-    for swin in ("swin_t", "swin_s", "swin_b")
-}
-
 
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread():
@@ -99,7 +90,7 @@ def tiny_head(head: str) -> tuple[dict, set[str]]:
 
 
 def check_gradients(model: torch.nn.Module, name: str) -> None:
-    """Every trainable parameter has a finite, non-zero gradient (except NO_GRADIENT[name]); frozen ones have none."""
+    """Every trainable parameter has a finite, non-zero gradient; frozen ones have none."""
     # The bias of the position-bias MLP's last layer adds one constant per head to every score of that head; softmax
     # is invariant to such a shift, so its true gradient is exactly zero (what survives is rounding noise). It must
     # still be reached by autograd.
@@ -113,10 +104,7 @@ def check_gradients(model: torch.nn.Module, name: str) -> None:
     assert all(torch.isfinite(p.grad).all() for p in params.values() if p.grad is not None)
     assert all(params[n].grad.abs().max() < 1e-3 for n in shift_invariant if n not in missing)
     assert not [n for n, p in params.items() if not p.requires_grad and p.grad is not None]
-    known = NO_GRADIENT.get(name, set())
-    assert missing == known, sorted(missing ^ known)
-    if known:
-        pytest.xfail(f"{name}: {', '.join(sorted(known))} get no gradient (a defect of the library)")
+    assert not missing, sorted(missing)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -84,6 +84,9 @@ class TimmTrunk(nn.Module):
         pretrained: load timm's default pretrained weights (needs the Hugging Face hub or its cache).
         pretrained_file: load weights from this local file instead (timm ``pretrained_cfg_overlay``).
         out_norm: add a LayerNorm after each output (default: True for Swin, False otherwise).
+        normed_levels: the outputs (0..3 for strides 4..32) that get that LayerNorm: the ones the pyramid reads
+            (RetinaNet reads C3-C5, as mmdet's ``out_indices=(1, 2, 3)``; an unread norm would never get a gradient
+            and stall DDP). The others pass through.
         **kwargs: timm model arguments (``drop_path_rate``, ``depths``, ``layers``, ...).
     """
 
@@ -94,6 +97,7 @@ class TimmTrunk(nn.Module):
         pretrained: bool = False,
         pretrained_file: str | os.PathLike | None = None,
         out_norm: bool | None = None,
+        normed_levels: tuple[int, ...] = (0, 1, 2, 3),
         **kwargs: Any,
     ):
         super().__init__()
@@ -118,11 +122,8 @@ class TimmTrunk(nn.Module):
         if self.out_strides != [4, 8, 16, 32]:
             raise ValueError(f"{model_name}: expected feature strides [4, 8, 16, 32], got {self.out_strides}")
         self.nhwc = str(getattr(self.model, "output_fmt", "NCHW")).endswith("NHWC")
-        self.out_norms = (
-            nn.ModuleList(nn.LayerNorm(c) for c in self.out_channels)
-            if (self.is_swin if out_norm is None else out_norm)
-            else None
-        )
+        norms = [nn.LayerNorm(c) if i in normed_levels else nn.Identity() for i, c in enumerate(self.out_channels)]
+        self.out_norms = nn.ModuleList(norms) if (self.is_swin if out_norm is None else out_norm) else None
         self.pad_multiple = 4 if self.is_swin else 1
 
     def stages(self) -> list[list[nn.Module]]:
@@ -307,5 +308,7 @@ def build_detection_backbone(
         frozen_stages = 1 if is_resnet else -1
     if norm_eval is None:
         norm_eval = is_resnet
+    if name in TIMM_BACKBONES and pyramid == "retinanet":
+        kwargs.setdefault("normed_levels", (1, 2, 3))  # C2 is not read
     body = build_trunk(name, lda_rule=lda_rule, weights=weights, **kwargs)
     return DetectionBackbone(body, pyramid, fpn_channels=fpn_channels, frozen_stages=frozen_stages, norm_eval=norm_eval)
