@@ -44,7 +44,7 @@ DETECTION_DROP_PATH: dict[str, float] = {
 
 DEFAULTS: dict[str, Any] = {
     "model": {
-        "name": "maskrcnn_crossformer_s",  # <retinanet|fasterrcnn|maskrcnn>_<backbone>; see list_detectors()
+        "name": "maskrcnn_crossformer_s",  # <retinanet|fasterrcnn|maskrcnn|cascade>_<backbone>; see list_detectors()
         "backbone_weights": None,  # ImageNet trunk: official .pth, converted .safetensors, a run dir; timm: "timm"
         "init": None,  # whole-detector weights to start from: an official mmdet .pth or a `det train` run
         "lda_rule": None,  # CrossFormer LDA rule (null: the official weights' rule, v1 fixed_interval, ++ fixed_group)
@@ -55,9 +55,9 @@ DEFAULTS: dict[str, Any] = {
         "fpn_channels": 256,
         "min_size": [800],  # shorter image side; several values = multi-scale training (the last one at test time)
         "max_size": 1333,
-        "box_head_dim": 1024,  # R-CNN: width of the two shared fully connected layers
-        "mask_head_channels": 256,  # Mask R-CNN: width of the mask convolutions
-        "mask_head_convs": 4,  # Mask R-CNN: number of 3x3 mask convolutions
+        "box_head_dim": 1024,  # R-CNN: width of the two shared fully connected layers (cascade: of its one fc)
+        "mask_head_channels": 256,  # Mask R-CNN / cascade: width of the mask convolutions
+        "mask_head_convs": 4,  # Mask R-CNN / cascade: number of 3x3 mask convolutions
         "kwargs": {},  # trunk arguments (embed_dim, depths, num_heads, group_size, crs_interval, ...)
         "detector": {"kwargs": {}},  # torchvision detector arguments (rpn_*, box_*, score_thresh, ...)
     },
@@ -238,11 +238,13 @@ def build_model(model_cfg: Mapping[str, Any], num_classes: int, *, backbone_weig
         trunk_kwargs["drop_path_rate"] = drop_path
     channels = model_cfg["fpn_channels"]
     detector_kwargs: dict[str, Any] = {}
-    if det != "retinanet" and model_cfg["box_head_dim"] != 1024:
+    width, convs = model_cfg["mask_head_channels"], model_cfg["mask_head_convs"]
+    if det == "cascade":  # per-stage heads built by CascadeMaskRCNNDetector (its conv width is the FPN width)
+        detector_kwargs.update(box_head_dim=model_cfg["box_head_dim"], mask_head_channels=width, mask_head_convs=convs)
+    elif det != "retinanet" and model_cfg["box_head_dim"] != 1024:
         dim = model_cfg["box_head_dim"]
         detector_kwargs["box_head"] = TwoMLPHead(channels * 7 * 7, dim)
         detector_kwargs["box_predictor"] = FastRCNNPredictor(dim, num_classes + 1)
-    width, convs = model_cfg["mask_head_channels"], model_cfg["mask_head_convs"]
     if det == "maskrcnn" and (width != 256 or convs != 4 or channels != 256):
         detector_kwargs["mask_head"] = MaskRCNNHeads(channels, (width,) * convs, 1)
         detector_kwargs["mask_predictor"] = MaskRCNNPredictor(width, width, num_classes + 1)

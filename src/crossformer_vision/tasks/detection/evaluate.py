@@ -24,7 +24,7 @@ from ...utils.paths import output_dir as make_output_dir
 from .coco_eval import COCO_METRIC_NAMES, CocoEvaluator
 from .config import DEFAULTS, PATH_KEYS
 from .data import detection_dataset, gt_for
-from .model import parse_detector_name
+from .model import predicts_masks
 
 __all__ = [
     "evaluate_checkpoint",
@@ -37,14 +37,14 @@ __all__ = [
 
 
 def iou_types_for(model_name: str, requested: Sequence[str] | None = None) -> tuple[str, ...]:
-    """``bbox`` (+ ``segm`` for Mask R-CNN), or the requested types (``segm`` only for Mask R-CNN)."""
-    det, _ = parse_detector_name(model_name)
+    """``bbox`` (+ ``segm`` for (Cascade) Mask R-CNN), or the requested types (``segm`` only with a mask head)."""
+    masks = predicts_masks(model_name)
     if requested:
         types = tuple(requested)
-        if "segm" in types and det != "maskrcnn":
+        if "segm" in types and not masks:
             raise ValueError(f"eval.iou_types: {model_name} predicts no masks, so 'segm' cannot be evaluated")
         return types
-    return ("bbox", "segm") if det == "maskrcnn" else ("bbox",)
+    return ("bbox", "segm") if masks else ("bbox",)
 
 
 @torch.no_grad()

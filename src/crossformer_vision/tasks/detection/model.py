@@ -1,4 +1,4 @@
-"""Detectors by name: ``{retinanet,fasterrcnn,maskrcnn}_{backbone}``.
+"""Detectors by name: ``{retinanet,fasterrcnn,maskrcnn,cascade}_{backbone}``.
 
 ``build_detector("maskrcnn_crossformer_s", num_classes=80)`` gives a torchvision ``MaskRCNN`` on a CrossFormer-S
 trunk + FPN with the settings of the official mmdetection configs:
@@ -8,6 +8,8 @@ trunk + FPN with the settings of the official mmdetection configs:
 * with ``mm_compat=True`` (default) mmdet's computation where torchvision's differs: :class:`MMAnchorGenerator`
   anchors, :class:`MMMultiScaleRoIAlign` pooling (``aligned=True``, adaptive sampling), and RetinaNet's P6 / P7 from
   C5 without a ReLU (always; see ``docs/detection_weights.md``);
+* ``cascade``: Cascade Mask R-CNN with the settings of the official 3x result (Swin's
+  ``cascade_mask_rcnn_*_giou_4conv1f`` configs; :mod:`.cascade`), 2000 RPN proposals per image in training;
 * mmdet's test settings: RetinaNet ``topk_candidates=1000, score_thresh=0.05, nms_thresh=0.5``; R-CNN RPN
   ``1000`` pre / post NMS boxes at test time, ``2000`` / ``1000`` in training, NMS ``0.7``; R-CNN
   ``box_score_thresh=0.05, box_nms_thresh=0.5``; 100 detections per image.
@@ -25,21 +27,26 @@ from typing import Any
 from torch import nn
 
 from .backbones import BACKBONE_NAMES, DetectionBackbone, build_detection_backbone
+from .cascade import CascadeMaskRCNNDetector
 from .detectors import FasterRCNNDetector, MaskRCNNDetector, RetinaNetDetector
 from .mm_convert import MMAnchorGenerator, MMMultiScaleRoIAlign
 
 __all__ = [
     "DETECTOR_TYPES",
+    "MASK_DETECTORS",
     "build_detector",
     "list_detectors",
     "load_foreign",
     "model_from_metadata",
     "parse_detector_name",
+    "predicts_masks",
     "save_detector",
     "validate_model_args",
 ]
 
-DETECTOR_TYPES: tuple[str, ...] = ("retinanet", "fasterrcnn", "maskrcnn")
+DETECTOR_TYPES: tuple[str, ...] = ("retinanet", "fasterrcnn", "maskrcnn", "cascade")
+#: The detector types with a mask head (trained on instance masks, evaluated with ``segm``).
+MASK_DETECTORS: tuple[str, ...] = ("maskrcnn", "cascade")
 
 # mmdet's test_cfg / train_cfg values that have a torchvision argument (docs/detection_weights.md).
 _RETINANET_SETTINGS = dict(
@@ -63,7 +70,7 @@ _RCNN_SETTINGS = dict(
 
 
 def list_detectors() -> list[str]:
-    """Every name :func:`build_detector` accepts (3 detectors x 13 backbones)."""
+    """Every name :func:`build_detector` accepts (every detector type x every backbone)."""
     return [f"{det}_{backbone}" for det in DETECTOR_TYPES for backbone in BACKBONE_NAMES]
 
 
@@ -82,6 +89,11 @@ def parse_detector_name(name: str) -> tuple[str, str]:
             f"and backbone in {BACKBONE_NAMES}; known names: {', '.join(list_detectors())}"
         )
     return det, backbone
+
+
+def predicts_masks(name: str) -> bool:
+    """Whether the detector ``name`` (``<detector>_<backbone>``) has a mask head."""
+    return parse_detector_name(name)[0] in MASK_DETECTORS
 
 
 def build_detector(
@@ -122,7 +134,8 @@ def build_detector(
             settings above).
 
     Returns:
-        A :class:`RetinaNetDetector`, :class:`FasterRCNNDetector` or :class:`MaskRCNNDetector`: in train mode
+        A :class:`RetinaNetDetector`, :class:`FasterRCNNDetector`, :class:`MaskRCNNDetector` or
+        :class:`CascadeMaskRCNNDetector`: in train mode
         ``model(images, targets)`` returns a loss dict, in eval mode ``model(images)`` a list of detections.
 
     Raises:
@@ -159,9 +172,11 @@ def build_detector(
         if mm_compat:
             kwargs["rpn_anchor_generator"] = MMAnchorGenerator.rpn(backbone.strides)
             kwargs["box_roi_pool"] = MMMultiScaleRoIAlign(names, 7, strides)
-            if det == "maskrcnn":
+            if det in MASK_DETECTORS:
                 kwargs["mask_roi_pool"] = MMMultiScaleRoIAlign(names, 14, strides)
-        cls = MaskRCNNDetector if det == "maskrcnn" else FasterRCNNDetector
+        if det == "cascade":
+            kwargs["rpn_post_nms_top_n_train"] = 2000  # the cascade configs' rpn_proposal max_per_img
+        cls = {"maskrcnn": MaskRCNNDetector, "cascade": CascadeMaskRCNNDetector}.get(det, FasterRCNNDetector)
         model = cls(backbone, num_classes, **{**kwargs, **detector_kwargs})
     model.detector_name = name
     return model

@@ -32,7 +32,7 @@ from ...engine.run import loop_config, prepare_run
 from .config import PATH_KEYS, RESUME_MUST_MATCH, architecture, build_model, recipe_from_config, resolved_lr
 from .data import detection_dataset
 from .evaluate import evaluate_detector, iou_types_for, metrics_report, write_coco_results
-from .model import parse_detector_name
+from .model import parse_detector_name, predicts_masks
 
 __all__ = ["train"]
 
@@ -81,9 +81,9 @@ def train(cfg: dict[str, Any], resume: str | Path | None = None, force_resume: b
     dist, log = run.dist, run.log
 
     det, _ = parse_detector_name(m["name"])
-    masks = cfg["data"]["masks"] if cfg["data"]["masks"] is not None else det == "maskrcnn"
-    if det == "maskrcnn" and not masks:
-        raise ValueError("Mask R-CNN trains on instance masks: data.masks must be true (or null)")
+    masks = cfg["data"]["masks"] if cfg["data"]["masks"] is not None else predicts_masks(m["name"])
+    if predicts_masks(m["name"]) and not masks:
+        raise ValueError(f"{det} trains on instance masks: data.masks must be true (or null)")
     train_ds = detection_dataset(cfg, "train", masks=masks)
     val_ds = detection_dataset(cfg, "val", masks=False)
     classes = train_ds.class_names
