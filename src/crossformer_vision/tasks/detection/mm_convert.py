@@ -1,9 +1,11 @@
 """Load mmdetection neck / head weights into torchvision's detection modules.
 
 The official CrossFormer detectors are mmdetection ``RetinaNet`` (``FPN`` + ``RetinaHead``) and ``MaskRCNN``
-(``FPN`` + ``RPNHead`` + ``Shared2FCBBoxHead`` + ``FCNMaskHead``). Their layers have the same computation as
-torchvision's ``FeaturePyramidNetwork``, ``RetinaNetHead``, ``RPNHead``, ``TwoMLPHead`` / ``FastRCNNPredictor`` and
-``MaskRCNNHeads`` / ``MaskRCNNPredictor``, except for the points below, which this module handles:
+(``FPN`` + ``RPNHead`` + ``Shared2FCBBoxHead`` + ``FCNMaskHead``); the 3x Cascade Mask R-CNN has three
+``ConvFCBBoxHead`` s and three ``FCNMaskHead`` s (:func:`convert_mmdet_cascade_mask_rcnn`). Their layers have the
+same computation as torchvision's ``FeaturePyramidNetwork``, ``RetinaNetHead``, ``RPNHead``, ``TwoMLPHead`` /
+``FastRCNNConvFCHead`` / ``FastRCNNPredictor`` and ``MaskRCNNHeads`` / ``MaskRCNNPredictor``, except for the
+points below, which this module handles:
 
 * **Keys**: mmcv's ``ConvModule`` stores ``<m>.conv.weight``; torchvision's ``Conv2dNormActivation`` stores
   ``<m>.0.weight``. Pure renames.
@@ -48,6 +50,8 @@ __all__ = [
     "MMLastLevelP6P7",
     "MMMultiScaleRoIAlign",
     "convert_mmdet_bbox_head",
+    "convert_mmdet_cascade_mask_rcnn",
+    "convert_mmdet_convfc_bbox_head",
     "convert_mmdet_fpn",
     "convert_mmdet_mask_head",
     "convert_mmdet_mask_rcnn",
@@ -123,6 +127,25 @@ def _with_background_first(t: Tensor, rows_per_class: int) -> Tensor:
 def _background_last_to_first(t: Tensor) -> Tensor:
     """Rows ``[0..K-1, K]`` (mmdet: background last) -> ``[K, 0..K-1]`` (torchvision: background first)."""
     return torch.cat([t[-1:], t[:-1]], dim=0)
+
+
+def _box_predictor(entries: Mapping[str, Tensor], dst_prefix: str, src_prefix: str) -> dict[str, Tensor]:
+    """mmdet ``fc_cls`` / ``fc_reg`` (class-specific) -> ``FastRCNNPredictor`` ``cls_score`` / ``bbox_pred``: background
+    row moved first, four zero background rows prepended to the deltas."""
+    fc_cls_w, fc_cls_b = entries["fc_cls.weight"], entries["fc_cls.bias"]
+    fc_reg_w, fc_reg_b = entries["fc_reg.weight"], entries["fc_reg.bias"]
+    num_classes = fc_cls_w.shape[0] - 1
+    if fc_reg_w.shape[0] != 4 * num_classes:
+        raise ValueError(
+            f"{src_prefix}fc_reg has {fc_reg_w.shape[0]} outputs for {num_classes} classes; only class-specific "
+            f"regression (reg_class_agnostic=False, 4 * {num_classes} outputs) maps onto FastRCNNPredictor"
+        )
+    return {
+        f"{dst_prefix}cls_score.weight": _background_last_to_first(fc_cls_w),
+        f"{dst_prefix}cls_score.bias": _background_last_to_first(fc_cls_b),
+        f"{dst_prefix}bbox_pred.weight": _with_background_first(fc_reg_w, 4),
+        f"{dst_prefix}bbox_pred.bias": _with_background_first(fc_reg_b, 4),
+    }
 
 
 def convert_mmdet_fpn(
@@ -221,24 +244,12 @@ def convert_mmdet_bbox_head(
       ``BoxCoder`` weights ``(10, 10, 5, 5)``.
     """
     entries = _take(state_dict, src_prefix)
-    fc_cls_w, fc_cls_b = entries["fc_cls.weight"], entries["fc_cls.bias"]
-    fc_reg_w, fc_reg_b = entries["fc_reg.weight"], entries["fc_reg.bias"]
-    num_classes = fc_cls_w.shape[0] - 1
-    if fc_reg_w.shape[0] != 4 * num_classes:
-        raise ValueError(
-            f"{src_prefix}fc_reg has {fc_reg_w.shape[0]} outputs for {num_classes} classes; only class-specific "
-            f"regression (reg_class_agnostic=False, 4 * {num_classes} outputs) maps onto FastRCNNPredictor"
-        )
     out = {
         f"{dst_prefix}box_head.fc6.weight": entries["shared_fcs.0.weight"],
         f"{dst_prefix}box_head.fc6.bias": entries["shared_fcs.0.bias"],
         f"{dst_prefix}box_head.fc7.weight": entries["shared_fcs.1.weight"],
         f"{dst_prefix}box_head.fc7.bias": entries["shared_fcs.1.bias"],
-        f"{dst_prefix}box_predictor.cls_score.weight": _background_last_to_first(fc_cls_w),
-        f"{dst_prefix}box_predictor.cls_score.bias": _background_last_to_first(fc_cls_b),
-        f"{dst_prefix}box_predictor.bbox_pred.weight": _with_background_first(fc_reg_w, 4),
-        f"{dst_prefix}box_predictor.bbox_pred.bias": _with_background_first(fc_reg_b, 4),
-    }
+    } | _box_predictor(entries, f"{dst_prefix}box_predictor.", src_prefix)
     used = {f"{m}.{p}" for m in ("shared_fcs.0", "shared_fcs.1", "fc_cls", "fc_reg") for p in ("weight", "bias")}
     _check_consumed(entries, used, "Shared2FCBBoxHead", src_prefix)
     return out
@@ -312,6 +323,68 @@ def convert_mmdet_mask_rcnn(checkpoint: Mapping, *, fpn_prefix: str = "backbone.
         | convert_mmdet_bbox_head(state_dict)
         | convert_mmdet_mask_head(state_dict)
     )
+
+
+def convert_mmdet_convfc_bbox_head(
+    state_dict: Mapping[str, Tensor], *, src_prefix: str, box_head_prefix: str, predictor_prefix: str
+) -> dict[str, Tensor]:
+    """mmdet ``ConvFCBBoxHead`` (``n`` shared convs with a norm, one shared fc; the cascade heads) -> torchvision
+    ``FastRCNNConvFCHead`` + ``FastRCNNPredictor``.
+
+    ``shared_convs.j.conv`` -> ``{j}.0`` (no bias: mmcv's ``ConvModule`` drops it before a norm),
+    ``shared_convs.j.{bn,gn}`` -> ``{j}.1`` (weight, bias and, for BatchNorm, the running statistics),
+    ``shared_fcs.0`` -> ``{n + 1}`` (after the ``Flatten`` at index ``n``); ``fc_cls`` / ``fc_reg`` as in
+    :func:`convert_mmdet_bbox_head` (class-specific regression only).
+    """
+    entries = _take(state_dict, src_prefix)
+    n = _num_indexed(entries, "shared_convs")
+    out: dict[str, Tensor] = {}
+    used: set[str] = set()
+    for j in range(n):
+        for key, value in entries.items():
+            head, _, param = key.rpartition(".")
+            if head == f"shared_convs.{j}.conv" and param == "weight":
+                out[f"{box_head_prefix}{j}.0.weight"] = value
+            elif head in (f"shared_convs.{j}.bn", f"shared_convs.{j}.gn"):
+                out[f"{box_head_prefix}{j}.1.{param}"] = value
+            else:
+                continue
+            used.add(key)
+    for param in ("weight", "bias"):
+        out[f"{box_head_prefix}{n + 1}.{param}"] = entries[f"shared_fcs.0.{param}"]
+        used |= {f"shared_fcs.0.{param}", f"fc_cls.{param}", f"fc_reg.{param}"}
+    out |= _box_predictor(entries, predictor_prefix, src_prefix)
+    _check_consumed(entries, used, "ConvFCBBoxHead", src_prefix)
+    return out
+
+
+def convert_mmdet_cascade_mask_rcnn(checkpoint: Mapping, *, fpn_prefix: str = "backbone.fpn.") -> dict[str, Tensor]:
+    """Neck and heads of an mmdet Cascade Mask R-CNN checkpoint (``CascadeRoIHead``), as
+    :class:`~.cascade.CascadeMaskRCNNDetector` keys.
+
+    ``roi_head.bbox_head.{i}.*`` -> ``roi_heads.box_head.{i}.*`` + ``roi_heads.box_predictor.{i}.*``
+    (:func:`convert_mmdet_convfc_bbox_head`), ``roi_head.mask_head.{i}.*`` -> ``roi_heads.mask_head.{i}.*`` +
+    ``roi_heads.mask_predictor.{i}.*`` (:func:`convert_mmdet_mask_head`); the neck and RPN as for Mask R-CNN.
+    """
+    state_dict = _mm_state_dict(checkpoint, ("neck.", "rpn_head.", "roi_head."), "Cascade Mask R-CNN")
+    roi = _take(state_dict, "roi_head.")
+    stray = sorted(k for k in roi if not k.startswith(("bbox_head.", "mask_head.")))
+    if stray:
+        raise ValueError(f"Cascade Mask R-CNN: unexpected roi_head entries {['roi_head.' + k for k in stray]}")
+    stages = _num_indexed(roi, "bbox_head")
+    if _num_indexed(roi, "mask_head") != stages:
+        raise ValueError(f"Cascade Mask R-CNN: {stages} box heads but {_num_indexed(roi, 'mask_head')} mask heads")
+    out = convert_mmdet_fpn(state_dict, dst_prefix=fpn_prefix) | convert_mmdet_rpn_head(state_dict)
+    for i in range(stages):
+        out |= convert_mmdet_convfc_bbox_head(
+            state_dict,
+            src_prefix=f"roi_head.bbox_head.{i}.",
+            box_head_prefix=f"roi_heads.box_head.{i}.",
+            predictor_prefix=f"roi_heads.box_predictor.{i}.",
+        )
+        mask = convert_mmdet_mask_head(state_dict, src_prefix=f"roi_head.mask_head.{i}.", dst_prefix="")
+        out |= {f"roi_heads.{k.replace('.', f'.{i}.', 1)}": v for k, v in mask.items()}
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------------------------

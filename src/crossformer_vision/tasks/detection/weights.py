@@ -20,9 +20,11 @@ from torchvision.models.detection import FasterRCNN, MaskRCNN, RetinaNet
 
 from ...models import CrossFormerBackbone, detect_variant, load_official_state_dict
 from ...models._keys import extract_backbone_state_dict, unwrap_state_dict
+from .cascade import CascadeMaskRCNNDetector
 from .mm_convert import (
     ZERO_FILLED,
     convert_mmdet_bbox_head,
+    convert_mmdet_cascade_mask_rcnn,
     convert_mmdet_fpn,
     convert_mmdet_mask_rcnn,
     convert_mmdet_retinanet,
@@ -83,7 +85,7 @@ def inspect_mmdet_checkpoint(checkpoint: str | os.PathLike | Mapping) -> dict[st
     """Detector type, backbone variant, LDA rule and class count of an mmdet CrossFormer checkpoint.
 
     Returns:
-        ``{"detector": "retinanet" | "maskrcnn" | "fasterrcnn", "backbone": "crossformer_s" | ...,
+        ``{"detector": "retinanet" | "maskrcnn" | "fasterrcnn" | "cascade", "backbone": "crossformer_s" | ...,
         "lda_rule": ..., "num_classes": K, "class_names": [...] | None}``.
 
     Raises:
@@ -100,6 +102,9 @@ def inspect_mmdet_checkpoint(checkpoint: str | os.PathLike | Mapping) -> dict[st
         detector = "retinanet"
         num_anchors = state_dict["bbox_head.retina_reg.weight"].shape[0] // 4
         num_classes = state_dict["bbox_head.retina_cls.weight"].shape[0] // num_anchors
+    elif "roi_head.bbox_head.0.fc_cls.weight" in state_dict:
+        detector = "cascade"
+        num_classes = state_dict["roi_head.bbox_head.0.fc_cls.weight"].shape[0] - 1
     elif "roi_head.bbox_head.fc_cls.weight" in state_dict:
         detector = "maskrcnn" if any(k.startswith("roi_head.mask_head.") for k in state_dict) else "fasterrcnn"
         num_classes = state_dict["roi_head.bbox_head.fc_cls.weight"].shape[0] - 1
@@ -120,10 +125,18 @@ def inspect_mmdet_checkpoint(checkpoint: str | os.PathLike | Mapping) -> dict[st
     )
 
 
+def _unstaged(key: str) -> str:
+    """``box_predictor.2.bbox_pred.weight`` (a cascade stage) -> ``box_predictor.bbox_pred.weight``."""
+    parts = key.split(".")
+    return ".".join(parts[:1] + parts[2:]) if len(parts) > 2 and parts[1].isdigit() else key
+
+
 def _neck_and_heads(model: nn.Module, state_dict: Mapping[str, Tensor]) -> tuple[dict[str, Tensor], dict[str, str]]:
     """Converted neck / head entries for ``model``'s type, and the converted ones it has no module for."""
     if isinstance(model, RetinaNet):
         return convert_mmdet_retinanet(state_dict), {}
+    if isinstance(model, CascadeMaskRCNNDetector):
+        return convert_mmdet_cascade_mask_rcnn(state_dict), {}
     if isinstance(model, MaskRCNN):
         return convert_mmdet_mask_rcnn(state_dict), {}
     if isinstance(model, FasterRCNN):
@@ -188,7 +201,7 @@ def load_mmdet_checkpoint(
     loadable = {k: v for k, v in converted.items() if k not in mismatched}
     model.load_state_dict(loadable, strict=False)
     report.loaded = sorted(loadable)
-    report.zero_filled = sorted(k for k in loadable if k.removeprefix("roi_heads.") in ZERO_FILLED)
+    report.zero_filled = sorted(k for k in loadable if _unstaged(k.removeprefix("roi_heads.")) in ZERO_FILLED)
     body_prefix = "backbone.body."
     report.missing = sorted(k for k in own if not k.startswith(body_prefix) and k not in loadable)
     meta = container.get("meta") if isinstance(container, Mapping) else None
