@@ -17,6 +17,7 @@ os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 COMMANDS = {
     "demo": ("crossformer_vision.cli.demo", "the main job on the embedded data (see the README)"),
     "models": ("crossformer_vision.cli.models", "parameters and GFLOPs of every variant next to the paper's numbers"),
+    "flops": ("crossformer_vision.cli.flops", "parameters and GFLOPs of any classifier, segmentor or detector"),
     "convert": ("crossformer_vision.cli.convert", "convert an official checkpoint to safetensors"),
     "train": ("crossformer_vision.cli.train", "train an image classifier (also under torchrun)"),
     "eval": ("crossformer_vision.cli.evaluate", "evaluate a classifier: top-1/top-5/loss/per-class accuracy"),
