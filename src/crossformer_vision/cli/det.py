@@ -20,7 +20,7 @@ from .options import (
 )
 from .options import console as make_console
 
-DEMO_PRESETS = {"maskrcnn": "det_demo_maskrcnn", "retinanet": "det_demo_retinanet"}
+DEMO_PRESETS = {"maskrcnn": "det_demo_maskrcnn", "retinanet": "det_demo_retinanet", "cascade": "det_demo_cascade"}
 DEMO_QUICK = ["sched.epochs=2", "sched.lr_steps=[]", "data.train_limit=96", "sched.warmup_iters=10"]
 
 
