@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from crossformer_vision.tasks.detection import build_detector, list_detectors
+from crossformer_vision.tasks.detection.model import predicts_masks
 from crossformer_vision.tasks.segmentation import build_segmentor, list_segmentors
 
 SEGMENTORS = list_segmentors()
@@ -58,11 +59,13 @@ DET_SETTINGS = {
         box_detections_per_img=DET_KEEP,
     ),
 }
-DET_SETTINGS["maskrcnn"] = DET_SETTINGS["fasterrcnn"]
+DET_SETTINGS["maskrcnn"] = DET_SETTINGS["cascade"] = DET_SETTINGS["fasterrcnn"]
 DET_LOSSES = {
     "retinanet": {"classification", "bbox_regression"},
     "fasterrcnn": {"loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg"},
     "maskrcnn": {"loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg", "loss_mask"},
+    "cascade": {"loss_objectness", "loss_rpn_box_reg"}
+    | {f"s{i}.{loss}" for i in range(3) for loss in ("loss_classifier", "loss_box_reg", "loss_mask")},
 }
 
 
@@ -168,20 +171,20 @@ def test_detector_forward_and_train_step(name):
         backbone_kwargs=tiny_backbone(backbone),
         **DET_SETTINGS[det],
     )
-    images, targets = detection_batch(masks=det == "maskrcnn")
+    images, targets = detection_batch(masks=predicts_masks(name))
 
     model.eval()
     with torch.no_grad():
         outputs = model(images)
     assert len(outputs) == len(images)
     for out, (h, w) in zip(outputs, DET_SIZES):
-        assert set(out) == {"boxes", "scores", "labels"} | ({"masks"} if det == "maskrcnn" else set())
+        assert set(out) == {"boxes", "scores", "labels"} | ({"masks"} if predicts_masks(name) else set())
         n = len(out["boxes"])
         assert 0 < n <= DET_KEEP and out["boxes"].shape == (n, 4) and out["scores"].shape == out["labels"].shape == (n,)
         assert torch.isfinite(out["boxes"]).all() and ((out["scores"] >= 0) & (out["scores"] <= 1)).all()
         assert (out["boxes"][:, 0::2] <= w).all() and (out["boxes"][:, 1::2] <= h).all()  # in input pixels
         assert out["labels"].min() >= 1 and out["labels"].max() <= K
-        if det == "maskrcnn":
+        if predicts_masks(name):
             assert out["masks"].shape == (n, 1, h, w)
 
     model.train()
