@@ -288,7 +288,8 @@ def test_recipe_matches_official_config():
     assert (r.warmup_iters, r.warmup_ratio, r.min_size, r.max_size, r.grad_clip) == (500, 0.001, (800,), 1333, None)
     assert get_recipe("1x_wd0.05").weight_decay == 0.05
     assert get_recipe("1x_ms").min_size == tuple(range(480, 801, 32))
-    assert set(RECIPES) == {"1x", "1x_wd0.05", "1x_ms"}
+    assert set(RECIPES) == {"1x", "1x_wd0.05", "1x_ms", "3x"}
+    assert get_recipe("3x").lr_steps == (27, 33) and get_recipe("3x").epochs == 36
     with pytest.raises(ValueError, match="presets: 1x"):
         get_recipe("2x")
     with pytest.raises(ValueError, match="unknown detection recipe keys"):

@@ -182,13 +182,19 @@ def test_presets_resolve():
 
     names = list_presets("detection")
     for variant in ("crossformer_s", "crossformer_b", "crossformerpp_s", "swin_t", "resnet50"):
-        assert {f"coco_retinanet_{variant}", f"coco_maskrcnn_{variant}"} <= set(names)
-    one_x = get_recipe("1x")
+        assert {f"coco_retinanet_{variant}", f"coco_maskrcnn_{variant}", f"coco_cascade_{variant}"} <= set(names)
+        assert f"coco_cascade_{variant}_3x" in names
+    for variant in ("crossformer_s", "crossformer_b", "crossformerpp_s"):
+        assert f"coco_maskrcnn_{variant}_3x" in names
     for name in names:
         cfg = load_config(DEFAULTS, resolve_config(name, task="detection"))  # unknown keys would raise
         parse_detector_name(cfg["model"]["name"])
         if name.startswith("coco_"):
-            assert cfg["train"]["batch_size"] * 8 == cfg["optim"]["base_batch"] == one_x.batch_size
-            assert cfg["optim"]["lr"] == one_x.lr and cfg["sched"]["epochs"] == one_x.epochs
-            assert tuple(cfg["sched"]["lr_steps"]) == one_x.lr_steps
-            assert cfg["sched"]["warmup_iters"] == one_x.warmup_iters and cfg["model"]["min_size"] == [800]
+            recipe = get_recipe("3x" if name.endswith("_3x") else "1x")
+            assert cfg["train"]["batch_size"] * 8 == cfg["optim"]["base_batch"] == recipe.batch_size
+            assert cfg["optim"]["lr"] == recipe.lr and cfg["sched"]["epochs"] == recipe.epochs
+            assert tuple(cfg["sched"]["lr_steps"]) == recipe.lr_steps
+            if recipe.name == "3x":  # (the 1x Swin-T presets keep their own 0.05)
+                assert cfg["optim"]["weight_decay"] == recipe.weight_decay and cfg["aug"]["policy"] == "3x"
+            assert cfg["sched"]["warmup_iters"] == recipe.warmup_iters
+            assert tuple(cfg["model"]["min_size"]) == recipe.min_size

@@ -38,12 +38,17 @@ from .embedded import embedded_dir
 from .images import UnreadableImageError, read_rgb_array
 
 __all__ = [
+    "CROP_POLICY_RANGE",
+    "CROP_POLICY_RESIZE",
+    "DETECTION_POLICIES",
     "DET_DEMO_REBUILD_COMMAND",
     "CocoDetection",
+    "crop_policy",
     "det_demo",
     "det_demo_dir",
     "detection_collate",
     "detection_transforms",
+    "random_range_crop",
 ]
 
 DET_DEMO_REBUILD_COMMAND = "python scripts/build_det_demo_data.py --train 400 --val 100 --size 128 --seed 0"
@@ -398,12 +403,70 @@ def detection_collate(batch: Sequence[tuple[Tensor, dict[str, Any]]]) -> tuple[l
     return list(images), list(targets)
 
 
+#: The crop branch of the Swin 3x policy (``aug.policy: 3x``): shorter side to one of these (longer side <= 1333) ...
+CROP_POLICY_RESIZE: tuple[int, ...] = (400, 500, 600)
+#: ... then a crop of height and width each drawn from 384..600 (mmdet ``RandomCrop(crop_type='absolute_range')``).
+CROP_POLICY_RANGE: tuple[int, int] = (384, 600)
+
+
+def _random_range_crop_cls() -> type:
+    from torchvision.transforms import v2
+    from torchvision.transforms.v2._utils import query_size
+
+    class RandomRangeCrop(v2.Transform):
+        """A crop of height and width each drawn uniformly from ``min(side, lo)..min(side, hi)`` at a uniform offset
+        (mmdet ``RandomCrop(crop_type='absolute_range')``); boxes are shifted and clipped to the crop, boxes left with
+        no area dropped with their labels and masks (follow with ``SanitizeBoundingBoxes``)."""
+
+        def __init__(self, lo: int, hi: int) -> None:
+            super().__init__()
+            if not 0 < lo <= hi:
+                raise ValueError(f"crop range must satisfy 0 < lo <= hi, got ({lo}, {hi})")
+            self.lo, self.hi = lo, hi
+
+        def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+            h, w = query_size(flat_inputs)
+            ch = int(torch.randint(min(h, self.lo), min(h, self.hi) + 1, ()))
+            cw = int(torch.randint(min(w, self.lo), min(w, self.hi) + 1, ()))
+            top = int(torch.randint(0, h - ch + 1, ()))
+            left = int(torch.randint(0, w - cw + 1, ()))
+            return dict(top=top, left=left, height=ch, width=cw)
+
+        def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+            return self._call_kernel(v2.functional.crop, inpt, **params)
+
+    return RandomRangeCrop
+
+
+def random_range_crop(lo: int = CROP_POLICY_RANGE[0], hi: int = CROP_POLICY_RANGE[1]) -> Callable[..., Any]:
+    """The random crop of the Swin 3x policy as a torchvision v2 transform, boxes clipped and empty ones dropped."""
+    from torchvision.transforms import v2
+
+    return v2.Compose([_random_range_crop_cls()(lo, hi), v2.ClampBoundingBoxes(), v2.SanitizeBoundingBoxes(min_size=1)])
+
+
+def crop_policy(max_size: int = 1333) -> Callable[..., Any]:
+    """Swin's 3x ``AutoAugment`` policy, one of two branches per image with equal probability: (a) nothing here, or
+    (b) shorter side to 400 / 500 / 600 (longer side <= ``max_size``) then :func:`random_range_crop`. Both branches
+    end with the detector's own multi-scale resize (``model.min_size`` 480..800, ``max_size`` 1333), which is the
+    policy's resize of branch (a) and its final ``override`` resize of branch (b)."""
+    from torchvision.transforms import v2
+
+    crop = v2.Compose([v2.RandomShortestSize(list(CROP_POLICY_RESIZE), max_size), random_range_crop()])
+    return v2.RandomChoice([v2.Identity(), crop])
+
+
+#: ``aug.policy`` values: ``None`` (flip only) or ``"3x"`` (:func:`crop_policy`).
+DETECTION_POLICIES: tuple[str | None, ...] = (None, "3x")
+
+
 def detection_transforms(
     *,
     train: bool,
     flip_prob: float = 0.5,
     min_size: int | Sequence[int] | None = None,
     max_size: int | None = None,
+    policy: str | None = None,
 ) -> Callable[[Any, Any], tuple[Any, Any]]:
     """torchvision v2 transforms for :class:`CocoDetection` (image, boxes and masks transformed together).
 
@@ -411,13 +474,18 @@ def detection_transforms(
     values at random per image in training, longer side <= ``max_size``) is rarely needed: torchvision's detectors
     resize inside the model (``build_detector(min_size=..., max_size=...)``, which is also where multi-scale training
     belongs, since the model would otherwise resize the image again), and predictions are in the input's pixels.
-    Boxes that become smaller than 1 pixel are dropped with their labels and masks.
+    Boxes that become smaller than 1 pixel are dropped with their labels and masks. ``policy="3x"`` adds Swin's 3x
+    resize-and-crop policy after the flip in training (:func:`crop_policy`).
     """
     from torchvision.transforms import v2
 
+    if policy not in DETECTION_POLICIES:
+        raise ValueError(f"aug.policy must be one of {DETECTION_POLICIES}, got {policy!r}")
     ops: list[Any] = []
     if train and flip_prob > 0:
         ops.append(v2.RandomHorizontalFlip(flip_prob))
+    if train and policy == "3x":
+        ops.append(crop_policy(max_size or 1333))
     if min_size is not None:
         sizes = [min_size] if isinstance(min_size, int) else list(min_size)
         if train and len(sizes) > 1:

@@ -49,7 +49,12 @@ def detection_dataset(cfg: Mapping[str, Any], split: str, *, masks: bool) -> Coc
     d = cfg["data"]
     train = split == "train"
     options: dict[str, Any] = dict(
-        transforms=detection_transforms(train=train, flip_prob=cfg["aug"]["flip_prob"]),
+        transforms=detection_transforms(
+            train=train,
+            flip_prob=cfg["aug"]["flip_prob"],
+            policy=cfg["aug"]["policy"],
+            max_size=cfg["model"]["max_size"],
+        ),
         masks=masks,
         skip_empty=d["skip_empty"] if train else False,
     )

@@ -107,6 +107,14 @@ RECIPES: dict[str, DetectionRecipe] = {
     "1x_ms": DetectionRecipe(
         name="1x_ms", min_size=MULTI_SCALE_MIN_SIZES, notes="1x with multi-scale training, shorter side 480..800"
     ),
+    "3x": DetectionRecipe(
+        name="3x",
+        epochs=36,
+        lr_steps=(27, 33),
+        weight_decay=0.05,
+        min_size=MULTI_SCALE_MIN_SIZES,
+        notes="Swin's 3x configs: 36 epochs, wd 0.05 (none on norms / position tables), aug.policy 3x crop policy",
+    ),
 }
 
 

@@ -39,6 +39,18 @@ __all__ = ["train"]
 _TARGET_KEYS = ("boxes", "labels", "masks")
 
 
+def param_groups(model: nn.Module, weight_decay: float, no_decay_keys: Any = ()) -> list[dict[str, Any]]:
+    """The trainable parameters (frozen stages excluded) as AdamW groups: names containing one of ``no_decay_keys``
+    (mmdet ``paramwise_cfg=dict(custom_keys={key: dict(decay_mult=0.)})``) without weight decay, the rest with."""
+    keys = tuple(no_decay_keys or ())
+    decay, other = [], []
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            (other if any(k in name for k in keys) else decay).append(param)
+    groups = [{"params": decay, "weight_decay": weight_decay}]
+    return groups + [{"params": other, "weight_decay": 0.0}] if other else groups
+
+
 def _step_fn(device: torch.device, loss_sums: dict[str, Tensor]):
     def step(model: nn.Module, batch: tuple[list[Tensor], list[dict[str, Any]]]) -> tuple[Tensor, int]:
         images, targets = batch
@@ -109,9 +121,8 @@ def train(cfg: dict[str, Any], resume: str | Path | None = None, force_resume: b
 
     lr = resolved_lr(cfg, dist.world_size)
     o = cfg["optim"]
-    params = [p for p in model.parameters() if p.requires_grad]  # frozen stages excluded
     optimizer = torch.optim.AdamW(
-        params,
+        param_groups(model, o["weight_decay"], o["no_decay_keys"]),
         lr=lr,
         betas=tuple(o["betas"]),
         eps=o["eps"],
