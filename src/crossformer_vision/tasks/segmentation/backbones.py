@@ -34,7 +34,7 @@ __all__ = [
 
 
 #: Short names of the timm backbones of the paper's comparisons -> (timm name, default timm kwargs).
-#: Drop-path rates are those of mmseg's UPerNet configs (Swin 0.3, ViT-B / DeiT-S 0.1).
+#: Drop-path rates are those of mmseg's UPerNet configs (Swin 0.3, ViT-B / DeiT-S / DeiT-B 0.1).
 TIMM_ALIASES: dict[str, tuple[str, dict[str, Any]]] = {
     "swin_t": ("swin_tiny_patch4_window7_224", dict(drop_path_rate=0.3)),
     "swin_s": ("swin_small_patch4_window7_224", dict(drop_path_rate=0.3)),
@@ -42,6 +42,7 @@ TIMM_ALIASES: dict[str, tuple[str, dict[str, Any]]] = {
     "resnet101": ("resnet101", {}),
     "vit_b16": ("vit_base_patch16_224", dict(drop_path_rate=0.1)),
     "deit_s16": ("deit_small_patch16_224", dict(drop_path_rate=0.1)),
+    "deit_b16": ("deit_base_patch16_224", dict(drop_path_rate=0.1)),
 }
 
 
@@ -121,6 +122,7 @@ class TimmBackbone(nn.Module):
         pad_multiple: Pad the input to a multiple of this; default: the first feature's stride for patch models
             (Swin 4, ViT 16), else 1.
         out_norm: Add mmseg-style per-output LayerNorms.
+        final_norm: mmseg ViT's ``final_norm``: a LayerNorm on the last output only.
         **kwargs: Further ``timm.create_model`` arguments (``drop_path_rate``, ``embed_dim`` ...).
 
     Attributes:
@@ -136,6 +138,7 @@ class TimmBackbone(nn.Module):
         pretrained: bool = False,
         pad_multiple: int | None = None,
         out_norm: bool = False,
+        final_norm: bool = False,
         **kwargs: Any,
     ):
         super().__init__()
@@ -157,6 +160,8 @@ class TimmBackbone(nn.Module):
             pad_multiple = self.out_strides[0] if _is_patch_model(self.body) else 1
         self.pad_multiple = int(pad_multiple)
         self.out_norms = nn.ModuleList(nn.LayerNorm(c) for c in self.out_channels) if out_norm else None
+        # mmseg ViT final_norm=True: a LayerNorm over channels on the last output only (the "+ LN" rows)
+        self.final_norm = nn.LayerNorm(self.out_channels[-1], eps=1e-6) if final_norm else None
 
     @property
     def is_plain(self) -> bool:
@@ -183,6 +188,8 @@ class TimmBackbone(nn.Module):
             elif self.out_norms is not None:
                 feat = self.out_norms[i](feat.permute(0, 2, 3, 1)).permute(0, 3, 1, 2).contiguous()
             outs.append(feat)
+        if self.final_norm is not None:
+            outs[-1] = self.final_norm(outs[-1].permute(0, 2, 3, 1)).permute(0, 3, 1, 2).contiguous()
         return outs
 
 

@@ -244,11 +244,13 @@ def upernet(
     pool_scales: Sequence[int] = (1, 2, 3, 6),
     dropout_ratio: float = 0.1,
     norm: str | None = "bn",
+    mln: bool = True,
     **segmentor_kwargs: Any,
 ) -> Segmentor:
     """UPerNet as in the official configs: UPerHead (512, pool scales 1/2/3/6, dropout 0.1) + FCN aux head.
 
-    Plain backbones (ViT / DeiT) get mmseg's MultiLevelNeck (scales 4, 2, 1, 0.5) as ``neck``.
+    Plain backbones (ViT / DeiT) get mmseg's MultiLevelNeck (scales 4, 2, 1, 0.5) as ``neck``, unless ``mln=False``
+    (mmseg's ``neck=None`` ViT / DeiT rows: the heads read the four stride-16 maps as they are).
 
     Args:
         backbone: Module with ``out_channels`` / ``out_strides`` (see :func:`~.backbones.build_backbone`).
@@ -260,10 +262,13 @@ def upernet(
         pool_scales: PPM output sizes.
         dropout_ratio: Dropout before the classifiers.
         norm: ``"bn"`` or ``"syncbn"`` (DDP; same keys).
+        mln: Give plain backbones the multi-level neck (no effect on pyramid backbones).
         **segmentor_kwargs: :class:`Segmentor` options (``size_divisor``, ``aux_weight``, ``class_names``, ...).
     """
-    neck = _pyramid_neck(backbone)
+    neck = _pyramid_neck(backbone) if mln else None
     channels_in, _ = _backbone_levels(backbone)
+    if neck is None and isinstance(backbone, TimmBackbone) and backbone.is_plain:
+        aux_index = 3 if aux_index is None else aux_index  # mmseg's ViT configs: the aux head reads the last map
     if neck is not None:
         channels_in = [neck.out_channels] * len(neck.scales)
         aux_index = 3 if aux_index is None else aux_index
