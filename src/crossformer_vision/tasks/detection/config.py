@@ -81,7 +81,7 @@ DEFAULTS: dict[str, Any] = {
         "lr": 1.0e-4,  # at optim.base_batch images per step; scaled linearly with the actual global batch
         "base_batch": 16,
         "weight_decay": 1.0e-4,  # on every parameter, as the official configs
-        "no_decay_keys": [],  # parameter names containing one of these get no weight decay (3x: norm, pos tables)
+        "no_decay_keys": None,  # names containing one of these get no weight decay (3x: norm, position tables)
         "betas": [0.9, 0.999],
         "eps": 1.0e-8,
         "clip_grad": None,
