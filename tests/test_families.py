@@ -59,6 +59,19 @@ def test_parameter_count_equals_official_code(name):
     assert sum(p.numel() for p in model.parameters()) == family_meta(name)["num_parameters_official"]
 
 
+def test_facts_table_matches_the_official_measurements():
+    """The constants of ``crossformer models --family`` are the generator's measurements of the official code, and
+    this package executes exactly the same multiply-adds."""
+    from crossformer_vision.models.family_facts import OFFICIAL_CODE, family_facts
+
+    for name in VARIANTS:
+        meta = family_meta(name)
+        assert OFFICIAL_CODE[name] == (meta["num_parameters_official"], meta["official_gmacs"])
+    for name in ("soft_tiny", "cmt_ti", "augvit_small_circulant2"):
+        facts = family_facts(name)
+        assert (facts["params"], facts["gmacs"]) == OFFICIAL_CODE[name]
+
+
 def test_circulant_derived_buffers_are_dropped():
     fx = family_fixture("augvit_small_circulant2")
     assert fx["derived"] and all(k.endswith("index_matrix") for k, _ in fx["derived"])

@@ -15,7 +15,8 @@ Stand-ins (the official code is otherwise run unmodified, ``kernel_method="torch
 
 Every official state-dict entry is re-drawn in the official order from one CPU generator (see
 ``tests/fixtures_families.py``, which rebuilds them in the tests), the input from a second one; stored are the
-parameter names / shapes, the official parameter counts at the official sizes, and the expected outputs.
+parameter names / shapes, the official parameter counts and multiply-adds (torch's FLOP counter / 2) at the
+official sizes, and the expected outputs.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
+from torch.utils.flop_counter import FlopCounterMode
 
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE.parent))
@@ -90,14 +92,19 @@ def main(soft_dir: Path, ebb_dir: Path, deps: Path) -> None:
         x = torch.randn(spec["input_shape"], generator=g)
         with torch.no_grad(), _cuda_is_identity():
             out = model(x)
+        count_size = COUNT_SIZES.get(name, 224)
         count_model = _build(mods, name, COUNT_SIZES.get(name))
+        if fx_name == name:  # multiply-adds per image at the official size, by torch's FLOP counter
+            with torch.no_grad(), _cuda_is_identity(), FlopCounterMode(display=False) as counter:
+                count_model(torch.randn(1, 3, count_size, count_size))
+            spec = {**spec, "official_gmacs": round(counter.get_total_flops() / 2e9, 4)}
         meta[fx_name] = {
             **spec,
             "state": shapes,
             "derived": [[k, list(v.shape)] for k, v in official.items() if derived(k)],
             "num_parameters_fixture": sum(p.numel() for p in params.values()),
             "num_parameters_official": sum(p.numel() for p in count_model.parameters()),
-            "official_count_img_size": COUNT_SIZES.get(name, 224),
+            "official_count_img_size": count_size,
         }
         tensors[f"{fx_name}.logits"] = out.contiguous()
         print(f"{fx_name}: {name} {tuple(x.shape)} -> {tuple(out.shape)}, |out|max {out.abs().max():.3f}")

@@ -32,6 +32,12 @@ def add_args(p: argparse.ArgumentParser) -> None:
         help="also run each variant once on the bundled image (random weights, preprocessed at 224)",
     )
     p.add_argument("--image", default=None, help="image for --forward (default: the bundled chelsea.jpg)")
+    p.add_argument(
+        "--family",
+        choices=("crossformer", "soft", "cmt", "augvit"),
+        default="crossformer",
+        help="model family (soft / cmt / augvit: this package vs the official code vs the paper)",
+    )
 
 
 def facts_table(rows: list[dict], img_size: tuple[int, int]) -> Table:
@@ -65,6 +71,8 @@ def run(args: argparse.Namespace) -> int:
             f"--img-size takes H or H W, each at least 32 (the models need a 32x32 input), got {args.img_size}"
         )
     size = tuple(args.img_size) * 2 if len(args.img_size) == 1 else tuple(args.img_size)
+    if args.family != "crossformer":
+        return family_run(args)
     rows = [model_facts(v, size) for v in (args.variants or list_variants())]
     if args.json:
         print(json.dumps(rows, indent=1))
@@ -118,3 +126,37 @@ def forward_table(console: Console, variants: list[str], image_path: str | None)
             f"{ms:.0f}",
         )
     console.print(table)
+
+
+def family_run(args: argparse.Namespace) -> int:
+    """``--family soft|cmt|augvit``: parameters and GMACs at each model's official size (or ``--img-size``)."""
+    from ..models.family_facts import FAMILY_NOTES, family_facts, family_variants
+
+    names = args.variants or [n for n in family_variants() if n.startswith(args.family + "_")]
+    size = None if args.img_size == [224] else args.img_size[0]
+    rows = [family_facts(n, size) for n in names]
+    if args.json:
+        print(json.dumps(rows, indent=1))
+        return 0
+    table = Table(title=f"{args.family} (1 FLOP = 1 multiply-add; official code measured with the same counter)")
+    for col in ("variant", "input", "params", "official code", "paper", "GFLOPs", "official code", "paper"):
+        table.add_column(col, justify="left" if col == "variant" else "right")
+    for r in rows:
+        table.add_row(
+            r["variant"],
+            str(r["img_size"]),
+            f"{r['params']:,}",
+            f"{r['official_params']:,}" if r["official_params"] else "-",
+            f"{r['paper_params_M']} M ({r['paper_row']})" if r["paper_row"] else "-",
+            f"{r['gmacs']:.2f}",
+            f"{r['official_gmacs']:.2f}" if r["official_gmacs"] else "-",
+            f"{r['paper_gflops']}" if r["paper_row"] else "-",
+        )
+    console = Console(width=None if Console().is_terminal else 150)
+    console.print(table)
+    for note in FAMILY_NOTES:
+        if note.lower().startswith(args.family):
+            console.print(note)
+    if args.forward:
+        forward_table(console, names, args.image)
+    return 0
