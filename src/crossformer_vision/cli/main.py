@@ -27,6 +27,7 @@ COMMANDS = {
         "crossformer_vision.cli.det",
         "detection and instance segmentation: train / eval / predict / demo / convert",
     ),
+    "explain": ("crossformer_vision.cli.explain", "class relevance maps, and their faithfulness tests (explain eval)"),
 }
 
 

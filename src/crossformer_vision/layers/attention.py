@@ -247,6 +247,30 @@ class GroupAttention(nn.Module):
         # cropped by a negative pad, a new contiguous map (a slice's contiguity would be a branch on the size)
         return self.proj_drop(self.proj(F.pad(x, (0, 0, 0, W - wp, 0, H - hp))))
 
+    #: ``crossformer_vision.explain`` sets this (per module) to a list to record the attention probabilities: while it
+    #: is not None, :meth:`forward` runs :meth:`_forward_recorded` (explicit math, no fused or blocked kernels) and
+    #: appends ``(layout, probabilities [B, groups, heads, N, N])``; the probabilities stay in the autograd graph, so
+    #: their gradients can be taken. None (the default) costs the eager path one attribute check per call.
+    attention_records = None  # list | None (not annotated: TorchScript would type the attribute)
+
+    def _forward_recorded(self, x: torch.Tensor, layout: GroupLayout, norm: nn.Module | None) -> torch.Tensor:
+        """:meth:`forward` by the explicit math, recording the attention probabilities: [B, H, W, C] -> [B, H, W, C]."""
+        B, H, W, C = x.shape
+        (rh, rw), (gh, gw), (ih, iw) = layout.regions, layout.group, layout.interval
+        hp, wp = layout.padded
+        heads, hd, groups, n = self.num_heads, self.head_dim, layout.num_groups, gh * gw
+        qkv = self.qkv(x if norm is None else norm(x))
+        if layout.needs_padding:
+            qkv = F.pad(qkv, (0, 0, 0, wp - W, 0, hp - H))
+        qkv = qkv.view(B, rh, gh, ih, rw, gw, iw, 3, heads, hd).permute(7, 0, 1, 4, 3, 6, 8, 2, 5, 9)
+        q, k, v = qkv.reshape(3, B, groups, heads, n, hd).unbind(0)
+        mask = self.attention_mask(layout, qkv.dtype)  # [heads, N, N] or [groups, heads, N, N]: broadcasts over B
+        attn = torch.add(mask, q @ k.transpose(-2, -1), alpha=self.scale).softmax(dim=-1)
+        self.attention_records.append((layout, attn))
+        x = self.attn_drop(attn) @ v
+        x = x.reshape(B, rh, rw, ih, iw, heads, gh, gw, hd).permute(0, 1, 6, 3, 2, 7, 4, 5, 8).reshape(B, hp, wp, C)
+        return self.proj_drop(self.proj(x[:, :H, :W]))
+
     def train(self, mode: bool = True) -> GroupAttention:
         self._mask_cache.clear()  # training changes the weights: free what inference cached
         return super().train(mode)
@@ -255,6 +279,8 @@ class GroupAttention(nn.Module):
     def forward(self, x: torch.Tensor, layout: GroupLayout, norm: nn.Module | None = None) -> torch.Tensor:
         """[B, H, W, C] normalised tokens -> [B, H, W, C]; with ``norm``, the tokens are normalised by it first (in
         training the normalised tokens are then recomputed for the backward pass instead of kept)."""
+        if self.attention_records is not None:
+            return self._forward_recorded(x, layout, norm)
         use_sdpa = self._use_sdpa(x)
         if use_sdpa and self._group_tokens_first and not layout.needs_padding:
             return self._forward_grouped_tokens(x if norm is None else norm(x), layout)

@@ -1,0 +1,207 @@
+"""``crossformer explain``: class relevance maps of a classifier (overlays, .npy maps, top classes), and
+``crossformer explain eval``: the papers' faithfulness tests of every method on the embedded data (docs/explain.md)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from .options import add_checkpoint, add_json, add_output_dir, console, require_some_readable
+
+#: Methods drawn by ``crossformer explain IMAGES`` unless ``--method`` says otherwise.
+DEFAULT_IMAGE_METHODS = ("relevance", "rollout", "attention", "gradcam")
+
+
+def _methods(text: str) -> tuple[str, ...]:
+    """argparse type: comma-separated method names."""
+    from ..explain import METHODS
+
+    names = tuple(m.strip() for m in text.split(",") if m.strip())
+    bad = [m for m in names if m not in METHODS]
+    if not names or bad:
+        raise argparse.ArgumentTypeError(f"unknown method(s) {', '.join(bad) or text!r}; choose from {METHODS}")
+    return names
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def add_args(p: argparse.ArgumentParser) -> None:
+    p.description = (
+        "crossformer explain --checkpoint RUN IMAGES... --output-dir DIR: overlays (image | one map per method), "
+        "the maps as .npy and the top classes as JSON.  crossformer explain eval --checkpoint RUN: positive / negative "
+        "perturbation, deletion / insertion and localisation (pointing game, energy in boxes) of every method on the "
+        "embedded Fashion-MNIST test set and det_demo scenes, as a table and a PNG."
+    )
+    p.add_argument("inputs", nargs="+", metavar="IMAGES", help="image files and/or folders, or the word eval")
+    add_checkpoint(p, "classifier run directory, checkpoints/step-* folder or .safetensors")
+    p.add_argument(
+        "--method",
+        type=_methods,
+        default=None,
+        help="comma-separated methods: relevance, relevance_head, rollout, attention, gradcam, random "
+        f"(default: {','.join(DEFAULT_IMAGE_METHODS)} for images, all for eval)",
+    )
+    p.add_argument("--target", default=None, help="class to explain (name or index; default: the predicted class)")
+    p.add_argument("--topk", type=_positive, default=5, help="top classes in the JSON")
+    add_output_dir(p, None, "folder for the PNGs, .npy maps and JSON (eval: default runs/explain-eval)")
+    add_json(p)
+    p.add_argument("--limit", type=_positive, default=500, help="eval: Fashion-MNIST test images (class-balanced)")
+    p.add_argument("--scenes", type=_positive, default=None, help="eval: det_demo val scenes (default: all 100)")
+    p.add_argument(
+        "--fill", choices=("black", "mean"), default="black", help="eval: value of removed pixels (default black)"
+    )
+    p.add_argument("--batch-size", type=_positive, default=50, help="images per explanation batch")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.inputs == ["eval"]:
+        return _eval(args)
+    if args.output_dir is None:
+        raise ValueError("--output-dir is required (where the overlays, maps and JSON go)")
+    return _images(args)
+
+
+def _load(args: argparse.Namespace) -> Any:
+    from ..engine.loading import load_model
+
+    return load_model(args.checkpoint, "classification", trusted=args.trust_checkpoint)
+
+
+def _target_index(target: str | None, classes: list[str] | None, num_classes: int) -> int | None:
+    if target is None:
+        return None
+    if classes and target in classes:
+        return classes.index(target)
+    try:
+        index = int(target)
+    except ValueError:
+        raise ValueError(f"--target {target!r} is neither a class name nor an index; classes: {classes}") from None
+    if not 0 <= index < num_classes:
+        raise ValueError(f"--target {index} outside [0, {num_classes})")
+    return index
+
+
+def _images(args: argparse.Namespace) -> int:
+    import numpy as np
+    import torch
+    from timm.data import create_transform
+
+    from ..data.images import image_paths, read_rgb
+    from ..explain import explain
+    from ..explain.overlay import save_overlay
+    from ..tasks.classification.model import data_config_of
+
+    loaded = _load(args)
+    model, classes = loaded.model.eval(), loaded.classes
+    dcfg = data_config_of(loaded)
+    transform = create_transform(
+        input_size=tuple(dcfg["input_size"]),
+        crop_pct=dcfg["crop_pct"],
+        interpolation=dcfg["interpolation"],
+        mean=tuple(dcfg["mean"]),
+        std=tuple(dcfg["std"]),
+    )
+    methods = args.method or DEFAULT_IMAGE_METHODS
+    out = Path(args.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    results: list[dict[str, Any]] = []
+    for i, path in enumerate(image_paths(args.inputs)):
+        try:
+            x = transform(read_rgb(path))[None]
+        except (OSError, ValueError) as err:
+            results.append({"image": str(path), "error": str(err)})
+            continue
+        with torch.no_grad():
+            probs = model(x).float().softmax(-1)[0]
+        target = _target_index(args.target, classes, probs.numel())
+        target = int(probs.argmax()) if target is None else target
+        maps = {m: explain(model, x, target, m)[0].numpy() for m in methods}
+        stem = f"{i:03d}_{path.stem}"
+        files = {m: f"{stem}.{m}.npy" for m in methods}
+        for m, name in files.items():
+            np.save(out / name, maps[m].astype(np.float32))
+        image = (x[0] * torch.tensor(dcfg["std"]).view(3, 1, 1) + torch.tensor(dcfg["mean"]).view(3, 1, 1)).clamp(0, 1)
+        label = classes[target] if classes else str(target)
+        save_overlay(image.permute(1, 2, 0).numpy(), maps, out / f"{stem}.png", f"{path.name}: {label}")
+        top = probs.topk(min(args.topk, probs.numel()))
+        results.append(
+            {
+                "image": str(path),
+                "target": {"index": target, "label": label, "probability": round(float(probs[target]), 6)},
+                "top": [
+                    {"label": classes[j] if classes else str(j), "index": int(j), "probability": round(float(v), 6)}
+                    for v, j in zip(top.values.tolist(), top.indices.tolist())
+                ],
+                "png": f"{stem}.png",
+                "maps": files,
+            }
+        )
+    require_some_readable(results)
+    text = json.dumps({"checkpoint": str(args.checkpoint), "methods": list(methods), "images": results}, indent=1)
+    (out / "explain.json").write_text(text + "\n")
+    if args.json:
+        print(text)
+        return 0
+    for r in results:
+        if "error" in r:
+            print(f"{r['image']}: unreadable ({r['error']})")
+        else:
+            t = r["target"]
+            print(f"{r['image']}: {t['label']} ({t['probability']:.3f}) -> {out / r['png']}")
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    from ..explain import METHODS
+    from ..explain.evaluate import HIGHER_IS_BETTER, evaluate_explanations, plot_evaluation
+    from ..tasks.classification.model import data_config_of
+
+    loaded = _load(args)
+    methods = args.method or METHODS
+    result = evaluate_explanations(
+        loaded.model.eval(),
+        data_config_of(loaded),
+        methods,
+        limit=args.limit,
+        scene_limit=args.scenes,
+        batch_size=args.batch_size,
+        fill=args.fill,
+    )
+    out = Path(args.output_dir or "runs/explain-eval")
+    out.mkdir(parents=True, exist_ok=True)
+    png = plot_evaluation(result, out / "explain_eval.png", f"{loaded.name} ({args.checkpoint})")
+    result.pop("examples")
+    result.update(checkpoint=str(args.checkpoint), model=loaded.name, png=str(png))
+    text = json.dumps(result, indent=1)
+    (out / "explain_eval.json").write_text(text + "\n")
+    if args.json:
+        print(text)
+        return 0
+    table = Table(
+        title=f"{loaded.name}: faithfulness on {result['images']} Fashion-MNIST test images (top-1 "
+        f"{100 * result['top1']:.1f} %) and {result['pairs']} classes in {result['scenes']} det_demo scenes"
+    )
+    table.add_column("method")
+    for metric, higher in HIGHER_IS_BETTER.items():
+        table.add_column(f"{metric} {'↑' if higher else '↓'}", justify="right")
+    table.add_column("s / image", justify="right")
+    for m in methods:
+        row = result["methods"][m]
+        best = {k: (max if up else min)(result["methods"][n][k] for n in methods) for k, up in HIGHER_IS_BETTER.items()}
+        cells = [f"[bold]{row[k]:.3f}[/]" if row[k] == best[k] else f"{row[k]:.3f}" for k in HIGHER_IS_BETTER]
+        table.add_row(m, *cells, f"{result['seconds_per_image'][m]:.4f}")
+    console().print(table)
+    console().print(f"picture: {png}   JSON: {out / 'explain_eval.json'}")
+    return 0
