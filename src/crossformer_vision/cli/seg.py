@@ -168,8 +168,9 @@ def _demo(args: argparse.Namespace) -> int:
     train_set, val_set, classes = build_datasets(cfg)
     assert train_set is not None
     bk = cfg["model"]["backbone"]["kwargs"]
+    width = bk.get("embed_dim", bk.get("embed_dims"))  # SOFT / CMT backbones take per-stage embed_dims
     console.rule(
-        f"[bold]{cfg['model']['name']}[/] (embed_dim {bk.get('embed_dim')}, depths {bk.get('depths')}): "
+        f"[bold]{cfg['model']['name']}[/] (embed_dim {width}, depths {bk.get('depths')}): "
         f"{cfg['sched']['iters']} iterations x {cfg['train']['global_batch_size']} crops of {cfg['data']['crop_size']} "
         f"on {len(train_set)} embedded images, {len(classes)} classes"
     )
