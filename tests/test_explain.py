@@ -168,15 +168,15 @@ def test_recording_is_off_by_default_and_restored():
 
 
 def test_cli_json_keys(tmp_path):
+    from PIL import Image
+
     from crossformer_vision.cli.main import main
-    from tests.train_utils import tiny_classifier_file
+    from train_utils import tiny_classifier_file
 
     path = tmp_path / "tiny.safetensors"
     tiny_classifier_file(path, classes=CLASS_NAMES)
     out = tmp_path / "out"
     image = tmp_path / "img.png"
-    from PIL import Image
-
     Image.new("RGB", (40, 40), (200, 30, 30)).save(image)
     assert main(["explain", str(image), "--checkpoint", str(path), "--output-dir", str(out), "--json"]) == 0
     listing = json.loads((out / "explain.json").read_text())
