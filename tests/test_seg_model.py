@@ -153,7 +153,8 @@ def test_full_size_key_layout_matches_mmseg(name, manifest, params):
 def test_builder_errors_and_names():
     names = list_segmentors()
     assert "upernet_crossformer_s" in names and "semfpn_crossformerpp_h" in names and "upernet_swin_b" in names
-    assert len(names) == 2 * (8 + 6)
+    assert "ocr_hrformer_s" in names and "semfpn_soft_tiny" in names and "upernet_cmt_b" in names
+    assert len(names) == len(set(names)) == 3 * (8 + 7 + 3 + 5 + 4)  # heads x (variants, aliases, HRFormer, SOFT, CMT)
     with pytest.raises(ValueError, match="unknown segmentor"):
         build_segmentor("deeplab_crossformer_s")
     with pytest.raises(ValueError, match="unknown backbone"):

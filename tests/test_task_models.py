@@ -29,6 +29,9 @@ TINY_BACKBONES = {
     "resnet": dict(layers=(1, 1, 1, 1), zero_init_last=False),
     "vit": dict(embed_dim=32, depth=4, num_heads=2, drop_path_rate=0.0),
     "deit": dict(embed_dim=32, depth=4, num_heads=2, drop_path_rate=0.0),
+    "hrformer": dict(width=4, num_heads=(1, 1, 2, 2), num_modules=(1, 1, 1), window_size=3),
+    "soft": dict(embed_dims=(16, 32, 48, 64), num_heads=(1, 2, 3, 4), depths=(1, 1, 1, 1)),
+    "cmt": dict(embed_dims=(16, 32, 48, 64), stem_channel=8, depths=(1, 1, 1, 1), fc_dim=32, img_size=64),
 }
 SEG_HEADS = {
     "upernet": dict(channels=16, aux_channels=8),

@@ -333,10 +333,14 @@ def semantic_fpn(
 
 
 def list_segmentors() -> list[str]:
-    """Names accepted by :func:`build_segmentor` (any timm model name also works as ``<head>_<timm name>``)."""
+    """Names accepted by :func:`build_segmentor`: every head on every CrossFormer variant, comparison alias and
+    companion pyramid backbone (HRFormer, SOFT, CMT); any other timm model name also works as ``<head>_<timm name>``."""
     from ...models import list_variants
+    from ...models.cmt import CMT_VARIANTS
+    from ...models.hrformer import HRFORMER_VARIANTS
+    from ...models.soft import SOFT_VARIANTS
 
-    backbones = [*list_variants(), *TIMM_ALIASES]
+    backbones = [*list_variants(), *TIMM_ALIASES, *HRFORMER_VARIANTS, *SOFT_VARIANTS, *CMT_VARIANTS]
     return [f"{head}_{name}" for head in HEAD_TYPES for name in backbones]
 
 
