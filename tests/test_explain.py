@@ -188,9 +188,11 @@ def test_cli_json_keys(tmp_path):
     args = ["explain", "eval", "--checkpoint", str(path), "--limit", "10", "--scenes", "2"]
     assert main([*args, "--method", "relevance,random", "--output-dir", str(out), "--json"]) == 0
     result = json.loads((out / "explain_eval.json").read_text())
-    for key in ("methods", "top1", "images", "scenes", "pairs", "fractions", "fill", "png", "seconds_per_image"):
+    for key in ("methods", "top1", "images", "scenes", "pairs", "pairs_top1", "fractions", "fill", "png"):
         assert key in result
+    assert set(result["seconds_per_image"]) == {"relevance", "random"}
     assert set(result["methods"]) == {"relevance", "random"}
-    metrics = {"positive_auc", "negative_auc", "deletion_auc", "insertion_auc", "pointing", "energy", "curves"}
+    metrics = {"positive_auc", "negative_auc", "deletion_auc", "insertion_auc", "pointing", "pointing_top1", "energy"}
+    metrics.add("curves")
     assert set(result["methods"]["relevance"]) == metrics
     assert (out / "explain_eval.png").is_file()

@@ -10,6 +10,17 @@ from typing import Any
 
 from .options import add_checkpoint, add_json, add_output_dir, console, require_some_readable
 
+#: Column names of the eval table.
+SHORT = {
+    "positive_auc": "pos. pert. AUC",
+    "negative_auc": "neg. pert. AUC",
+    "deletion_auc": "deletion AUC",
+    "insertion_auc": "insertion AUC",
+    "pointing": "pointing",
+    "pointing_top1": "pointing (top-1)",
+    "energy": "energy",
+}
+
 #: Methods drawn by ``crossformer explain IMAGES`` unless ``--method`` says otherwise.
 DEFAULT_IMAGE_METHODS = ("relevance", "rollout", "attention", "gradcam")
 
@@ -195,12 +206,16 @@ def _eval(args: argparse.Namespace) -> int:
     )
     table.add_column("method")
     for metric, higher in HIGHER_IS_BETTER.items():
-        table.add_column(f"{metric} {'↑' if higher else '↓'}", justify="right")
+        table.add_column(f"{SHORT[metric]} {'↑' if higher else '↓'}", justify="right")
     table.add_column("s / image", justify="right")
+    best = {}
+    for k, up in HIGHER_IS_BETTER.items():
+        values = [result["methods"][n][k] for n in methods if result["methods"][n][k] is not None]
+        best[k] = (max if up else min)(values) if values else None
     for m in methods:
         row = result["methods"][m]
-        best = {k: (max if up else min)(result["methods"][n][k] for n in methods) for k, up in HIGHER_IS_BETTER.items()}
-        cells = [f"[bold]{row[k]:.3f}[/]" if row[k] == best[k] else f"{row[k]:.3f}" for k in HIGHER_IS_BETTER]
+        cells = ["-" if row[k] is None else f"{row[k]:.3f}" for k in HIGHER_IS_BETTER]
+        cells = [f"[bold]{c}[/]" if row[k] is not None and row[k] == best[k] else c for c, k in zip(cells, best)]
         table.add_row(m, *cells, f"{result['seconds_per_image'][m]:.4f}")
     console().print(table)
     console().print(f"picture: {png}   JSON: {out / 'explain_eval.json'}")

@@ -15,7 +15,9 @@
 * **Localisation** on scenes with exact boxes (``det_demo`` val): for every class present in a scene, its map;
   *pointing game* (Zhang et al., 2016; no tolerance margin): is the map's maximum inside a box of that class;
   *energy* (Wang et al., Score-CAM, 2020): the share of the map's mass above its minimum that falls inside those
-  boxes.
+  boxes. ``pointing_top1`` repeats the pointing game on the pairs whose class is the classifier's top-1 on the
+  scene: a classifier trained on single items may not rank a scene's classes at all, and a class-specific map of a
+  class the model does not see cannot point at it.
 
 Ties in a map (flat regions, a constant map) are broken at random (seeded), so a map without information scores like
 ``random``. AUCs are trapezoids over the removed fraction 0..1, i.e. the mean height of the curve.
