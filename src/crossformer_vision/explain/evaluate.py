@@ -183,9 +183,9 @@ def plot_evaluation(result: dict[str, Any], path: str | Path, title: str = "") -
     grid = fig.add_gridspec(2, max(4, len(methods) + 1))
     x = np.asarray(result["fractions"]) * 100
     panels = [
-        ("positive_correct", "positive perturbation (lower is better)", "top-1 accuracy", "positive_auc"),
-        ("negative_correct", "negative perturbation (higher is better)", "top-1 accuracy", "negative_auc"),
-        ("positive_prob", "deletion (lower is better)", "class probability", "deletion_auc"),
+        ("positive_correct", "positive perturbation (AUC ↓)", "top-1 accuracy", "positive_auc"),
+        ("negative_correct", "negative perturbation (AUC ↑)", "top-1 accuracy", "negative_auc"),
+        ("positive_prob", "deletion (AUC ↓)", "class probability", "deletion_auc"),
     ]
     ncols = grid.ncols
     for j, (key, name, ylabel, metric) in enumerate(panels):
@@ -193,17 +193,19 @@ def plot_evaluation(result: dict[str, Any], path: str | Path, title: str = "") -
         for mth in methods:
             row = result["methods"][mth]
             ax.plot(x, row["curves"][key], marker="o", ms=3, label=f"{mth} ({row[metric]:.3f})")
-        ax.set(title=name, xlabel="pixels removed (%)", ylabel=ylabel)
+        ax.set_title(name, fontsize=10)
+        ax.set(xlabel="pixels removed (%)", ylabel=ylabel)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=7)
     ax = fig.add_subplot(grid[0, 3:ncols])
     pos = np.arange(len(methods))
-    pointing = [result["methods"][m]["pointing"] or 0 for m in methods]
-    energy = [result["methods"][m]["energy"] or 0 for m in methods]
-    ax.bar(pos - 0.2, pointing, 0.4, label="pointing game")
-    ax.bar(pos + 0.2, energy, 0.4, label="energy in boxes")
+    bars = [("pointing", "pointing game"), ("pointing_top1", "pointing, model's top-1 class"), ("energy", "energy")]
+    for j, (key, label) in enumerate(bars):
+        values = [result["methods"][m].get(key) or 0 for m in methods]
+        ax.bar(pos + (j - 1) * 0.27, values, 0.27, label=label)
     ax.set_xticks(pos, methods)
-    ax.set(title=f"localisation on {result['scenes']} det_demo scenes (higher is better)", ylim=(0, 1))
+    ax.set_title(f"localisation: {result['pairs']} classes in {result['scenes']} det_demo scenes (↑)", fontsize=10)
+    ax.set(ylim=(0, 1))
     ax.grid(alpha=0.3, axis="y")
     ax.legend(fontsize=8)
     ex = result["examples"]
@@ -217,7 +219,8 @@ def plot_evaluation(result: dict[str, Any], path: str | Path, title: str = "") -
         for j, mth in enumerate(methods[: ncols - 1]):
             ax = fig.add_subplot(grid[1, j + 1])
             ax.imshow(scene)
-            ax.imshow(np.asarray(ex["maps"][mth]), cmap="jet", alpha=0.5)
+            m = np.asarray(ex["maps"][mth])
+            ax.imshow((m - m.min()) / max(float(m.max() - m.min()), 1e-30), cmap="jet", alpha=0.5, vmin=0, vmax=1)
             ax.set_title(mth)
             ax.axis("off")
     fig.suptitle(title)
