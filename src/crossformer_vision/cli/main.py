@@ -27,6 +27,7 @@ COMMANDS = {
         "crossformer_vision.cli.det",
         "detection and instance segmentation: train / eval / predict / demo / convert",
     ),
+    "multilabel": ("crossformer_vision.cli.multilabel", "multi-label recognition (CSRA head): train/eval/predict/demo"),
     "explain": ("crossformer_vision.cli.explain", "class relevance maps, and their faithfulness tests (explain eval)"),
 }
 
@@ -51,7 +52,7 @@ def _command_of(argv: list[str]) -> tuple[str | None, str | None]:
     """(command, subcommand) from a raw command line, before parsing (options before them are skipped)."""
     words = [a for a in argv if not a.startswith("-")]
     command = words[0] if words else None
-    return command, (words[1] if command in ("seg", "det") and len(words) > 1 else None)
+    return command, (words[1] if command in ("seg", "det", "multilabel") and len(words) > 1 else None)
 
 
 def _is_process_entry_point() -> bool:

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from timm.data.transforms import RandomResizedCropAndInterpolation
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, default_collate
 
 __all__ = ["BatchWarpCollate", "TensorImageDataset", "crop_flip_theta"]
 
@@ -44,7 +44,7 @@ class TensorImageDataset(Dataset):
 
     Args:
         images: ``[N, H, W]`` uint8 array or tensor.
-        targets: ``N`` integer labels.
+        targets: ``N`` labels: class indices, or anything ``default_collate`` batches (multi-label target dicts).
         train: Draw a random crop and flip per sample; otherwise the whole image (identity matrix).
         scale, ratio: Random-resized-crop area fraction and aspect-ratio ranges (training).
         hflip: Probability of a horizontal flip (training).
@@ -88,7 +88,8 @@ class TensorImageDataset(Dataset):
 class BatchWarpCollate:
     """Collate :class:`TensorImageDataset` samples into normalised ``[B, 3, S, S]`` float images.
 
-    Returns the trainer's batch dict: ``{"images", "labels", "skipped": []}``.
+    Returns the trainer's batch dict: ``{"images", "labels", "skipped": []}`` (``labels``: the samples' labels
+    through ``default_collate``: a long tensor of class indices, or a dict of stacked tensors).
 
     Args:
         size: Output ``(height, width)``.
@@ -103,7 +104,7 @@ class BatchWarpCollate:
     def __call__(self, samples: list) -> dict[str, Any]:
         images = torch.stack([s[0][0] for s in samples]).unsqueeze(1).float().div_(255)
         theta = torch.stack([s[0][1] for s in samples])
-        labels = torch.tensor([s[1] for s in samples], dtype=torch.long)
+        labels = default_collate([s[1] for s in samples])  # class indices -> long [B]; dicts of tensors too
         grid = F.affine_grid(theta, [len(samples), 1, *self.size], align_corners=False)
         out = F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
         out = (out - self.mean) / self.std  # [B, 1, S, S] grey -> [B, 3, S, S]

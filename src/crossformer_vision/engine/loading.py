@@ -4,7 +4,7 @@ Every task saves its models with the same metadata (:func:`model_metadata`): str
 
 ====================  =====================================================================================
 ``format``            ``"crossformer-vision"``
-``task``              ``classification`` / ``segmentation`` / ``detection``
+``task``              ``classification`` / ``segmentation`` / ``detection`` / ``multilabel``
 ``model``             the model name (``crossformer_s``, ``upernet_crossformer_s``, ``maskrcnn_swin_t``, ...)
 ``model_args``        JSON object: the arguments that rebuild the architecture (validated when read)
 ``classes``           JSON list of class names (its length fixes the head)
@@ -54,6 +54,7 @@ TASK_MODELS = {
     "classification": "crossformer_vision.tasks.classification.model",
     "segmentation": "crossformer_vision.tasks.segmentation.model",
     "detection": "crossformer_vision.tasks.detection.model",
+    "multilabel": "crossformer_vision.tasks.multilabel.model",
 }
 
 _MAX_CLASSES = 100_000
@@ -255,7 +256,8 @@ def _task_module(task: str) -> Any:
 
 
 _COMMANDS = {"classification": "crossformer eval / predict", "segmentation": "crossformer seg eval / predict",
-             "detection": "crossformer det eval / predict"}  # fmt: skip
+             "detection": "crossformer det eval / predict",
+             "multilabel": "crossformer multilabel eval / predict"}  # fmt: skip
 
 
 def _check_shapes(build: Callable[[], nn.Module], shapes: Mapping[str, tuple[int, ...]], where: str) -> None:
