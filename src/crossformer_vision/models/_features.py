@@ -1,4 +1,4 @@
-"""timm's ``features_only`` wrapper for the SOFT / CMT models (independent of the CrossFormer module)."""
+"""timm's ``features_only`` wrapper shared by the model families (stage maps from ``forward_intermediates``)."""
 
 from __future__ import annotations
 

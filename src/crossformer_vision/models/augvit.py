@@ -23,10 +23,12 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import generate_default_cfgs, register_model
 from timm.models.vision_transformer import Block, VisionTransformer
 from timm.models.vision_transformer import checkpoint_filter_fn as _vit_filter
 from torch import nn
+
+from ._common import build_family_model, imagenet_cfg
 
 __all__ = ["AUGVIT_MODES", "AUGVIT_VARIANTS", "AugViT", "AugViTBlock", "CirculantLinear"]
 
@@ -156,36 +158,32 @@ AUGVIT_VARIANTS: dict[str, dict[str, Any]] = {
 
 def _cfg(**kwargs: Any) -> dict[str, Any]:
     # the official models carry timm 0.3's vit_base_patch16_224 config: mean / std 0.5, bicubic, crop 0.9
-    return {
-        "url": "",
-        "num_classes": 1000,
-        "input_size": (3, 224, 224),
-        "pool_size": None,
-        "crop_pct": 0.9,
-        "interpolation": "bicubic",
-        "fixed_input_size": True,
-        "mean": (0.5, 0.5, 0.5),
-        "std": (0.5, 0.5, 0.5),
-        "first_conv": "patch_embed.proj",
-        "classifier": "head",
-        "license": "apache-2.0",
-        "origin_url": "https://github.com/huawei-noah/Efficient-AI-Backbones/tree/master/augvit_pytorch",
-        "paper_ids": "arXiv:2106.15941",
+    return imagenet_cfg(
+        pool_size=None,
+        crop_pct=0.9,
+        fixed_input_size=True,
+        mean=(0.5, 0.5, 0.5),
+        std=(0.5, 0.5, 0.5),
+        first_conv="patch_embed.proj",
+        classifier="head",
+        license="apache-2.0",
+        origin_url="https://github.com/huawei-noah/Efficient-AI-Backbones/tree/master/augvit_pytorch",
+        paper_ids="arXiv:2106.15941",
         **kwargs,
-    }
+    )
 
 
 default_cfgs = generate_default_cfgs({f"{n}.in1k": _cfg() for n in AUGVIT_VARIANTS})
 
 
 def _create(variant: str, pretrained: bool = False, **kwargs: Any) -> AugViT:
-    out_indices = kwargs.pop("out_indices", 3)
-    return build_model_with_cfg(
+    return build_family_model(
         AugViT,
         variant,
         pretrained,
-        pretrained_filter_fn=checkpoint_filter_fn,
-        feature_cfg=dict(out_indices=out_indices, feature_cls="getter"),
+        checkpoint_filter_fn,
+        feature_wrapper="getter",
+        out_indices=kwargs.pop("out_indices", 3),
         **{**AUGVIT_VARIANTS[variant], "norm_layer": _LN, **kwargs},
     )
 

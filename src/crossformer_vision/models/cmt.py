@@ -25,13 +25,12 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from timm.layers import DropPath, trunc_normal_
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.layers import DropPath
+from timm.models import generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
-from ._features import StageFeatures
+from ._common import build_family_model, imagenet_cfg, init_weights, run_blocks
 
 __all__ = ["CMT", "CMT_VARIANTS", "resize_relative_pos"]
 
@@ -254,21 +253,7 @@ class CMT(nn.Module):
         self.feature_info = [
             dict(num_chs=embed_dims[i], reduction=4 * 2**i, module=f"blocks_{s}") for i, s in enumerate(_STAGES)
         ]
-        self.apply(self._init_weights)
-
-    @staticmethod
-    def _init_weights(m: nn.Module) -> None:
-        if isinstance(m, nn.Linear):
-            trunc_normal_(m.weight, std=0.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out")
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, (nn.LayerNorm, nn.BatchNorm2d)):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
+        self.apply(partial(init_weights, convs=True))  # kaiming_normal_'s default gain is ReLU's
 
     # ------------------------------------------------------------------ timm model contract
     @torch.jit.ignore
@@ -325,9 +310,7 @@ class CMT(nn.Module):
         s = _STAGES[i]
         x, size = getattr(self, f"patch_embed_{s}")(x)
         bias = self.relative_pos(i, size)
-        ckpt = self.grad_checkpointing and torch.is_grad_enabled() and not torch.jit.is_scripting()
-        for blk in getattr(self, f"blocks_{s}"):
-            x = checkpoint(blk, x, size, bias, use_reentrant=False) if ckpt else blk(x, size, bias)
+        x = run_blocks(getattr(self, f"blocks_{s}"), x, size, bias, grad_checkpointing=self.grad_checkpointing)
         return x.transpose(1, 2).reshape(x.shape[0], -1, *size)
 
     def forward_intermediates(
@@ -427,38 +410,23 @@ CMT_VARIANTS: dict[str, dict[str, Any]] = {
 
 def _cfg(size: int, **kwargs: Any) -> dict[str, Any]:
     # the official evaluation (datasets.py): resize to int(256 / 224 * size) bicubic, centre crop: crop_pct 0.875
-    return {
-        "url": "",
-        "num_classes": 1000,
-        "input_size": (3, size, size),
-        "pool_size": (size // 32, size // 32),
-        "crop_pct": 0.875,
-        "interpolation": "bicubic",
-        "fixed_input_size": False,
-        "mean": (0.485, 0.456, 0.406),
-        "std": (0.229, 0.224, 0.225),
-        "first_conv": "stem_conv1",
-        "classifier": "head",
-        "license": "apache-2.0",
-        "origin_url": "https://github.com/huawei-noah/Efficient-AI-Backbones/tree/master/cmt_pytorch",
-        "paper_ids": "arXiv:2107.06263",
+    return imagenet_cfg(
+        input_size=(3, size, size),
+        pool_size=(size // 32, size // 32),
+        first_conv="stem_conv1",
+        classifier="head",
+        license="apache-2.0",
+        origin_url="https://github.com/huawei-noah/Efficient-AI-Backbones/tree/master/cmt_pytorch",
+        paper_ids="arXiv:2107.06263",
         **kwargs,
-    }
+    )
 
 
 default_cfgs = generate_default_cfgs({f"{n}.in1k": _cfg(a["img_size"]) for n, a in CMT_VARIANTS.items()})
 
 
 def _create(variant: str, pretrained: bool = False, **kwargs: Any) -> CMT:
-    out_indices = kwargs.pop("out_indices", (0, 1, 2, 3))
-    return build_model_with_cfg(
-        CMT,
-        variant,
-        pretrained,
-        pretrained_filter_fn=checkpoint_filter_fn,
-        feature_cfg=dict(feature_cls=StageFeatures, out_indices=out_indices),
-        **{**CMT_VARIANTS[variant], **kwargs},
-    )
+    return build_family_model(CMT, variant, pretrained, checkpoint_filter_fn, **{**CMT_VARIANTS[variant], **kwargs})
 
 
 @register_model

@@ -20,9 +20,9 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
-from timm.layers import DropPath, SelectAdaptivePool2d, trunc_normal_
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model, register_notrace_module
-from timm.models._features import FeatureGetterNet, feature_take_indices
+from timm.layers import DropPath, SelectAdaptivePool2d
+from timm.models import generate_default_cfgs, register_model, register_notrace_module
+from timm.models._features import feature_take_indices
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
@@ -37,6 +37,8 @@ from ..layers import (
     plan_group_layout,
 )
 from ..utils.allocator import release_freed_memory
+from ._common import build_family_model, imagenet_cfg, init_weights
+from ._features import StageFeatures
 
 __all__ = [
     "GLOBAL_POOLS",
@@ -370,7 +372,7 @@ class CrossFormer(nn.Module):
         self.norm = norm_layer(self.num_features)
         self.head_drop = nn.Dropout(drop_rate)
         self._make_head(num_classes, global_pool)
-        self.apply(self._init_weights)
+        self.apply(init_weights)
 
     def _make_head(self, num_classes: int, global_pool: str) -> None:
         # the pool has no parameters: the head's keys stay the official ``head.weight`` / ``head.bias``
@@ -379,16 +381,6 @@ class CrossFormer(nn.Module):
         width = self.num_features * self.pool.feat_mult()
         self.num_classes = num_classes
         self.head = nn.Linear(width, num_classes) if num_classes > 0 else nn.Identity()
-
-    @staticmethod
-    def _init_weights(m: nn.Module) -> None:
-        if isinstance(m, nn.Linear):
-            trunc_normal_(m.weight, std=0.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.LayerNorm):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
 
     # ------------------------------------------------------------------ timm model contract
     @torch.jit.ignore
@@ -620,13 +612,9 @@ def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: CrossFormer
     return {k: v for k, v in state_dict.items() if k in own or k not in HEAD_KEYS}
 
 
-class CrossFormerFeatures(FeatureGetterNet):
-    """timm's ``features_only=True`` wrapper (stage maps from ``forward_intermediates``) that also forwards
-    :meth:`CrossFormer.set_grad_checkpointing` to the model, so feature extractors train with checkpointing too."""
-
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True, **kwargs: Any) -> None:
-        self.model.set_grad_checkpointing(enable, **kwargs)
+class CrossFormerFeatures(StageFeatures):
+    """timm's ``features_only=True`` wrapper (stage maps from ``forward_intermediates``, grad checkpointing forwarded
+    to the model) that TorchScript can compile too."""
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         """[B, C, H, W] image -> the ``out_indices`` stage maps (NCHW unless ``output_fmt`` says NHWC)."""
@@ -637,34 +625,19 @@ class CrossFormerFeatures(FeatureGetterNet):
 
 
 def _create_crossformer(variant: str, pretrained: bool = False, **kwargs: Any) -> CrossFormer:
-    out_indices = kwargs.pop("out_indices", (0, 1, 2, 3))
-    return build_model_with_cfg(
-        CrossFormer,
-        variant,
-        pretrained,
-        pretrained_filter_fn=checkpoint_filter_fn,
-        feature_cfg=dict(feature_cls=CrossFormerFeatures, out_indices=out_indices),
-        **kwargs,
+    return build_family_model(
+        CrossFormer, variant, pretrained, checkpoint_filter_fn, feature_wrapper=CrossFormerFeatures, **kwargs
     )
 
 
 def _cfg(**kwargs: Any) -> dict[str, Any]:
-    return {
-        "url": "",
-        "num_classes": 1000,
-        "input_size": (3, 224, 224),
-        "pool_size": (7, 7),
-        "crop_pct": 0.875,
-        "interpolation": "bicubic",
-        "fixed_input_size": False,
-        "mean": (0.485, 0.456, 0.406),
-        "std": (0.229, 0.224, 0.225),
-        "first_conv": [f"patch_embed.projs.{i}" for i in range(4)],  # every stem conv reads the image
-        "classifier": "head",
-        "license": "mit",
-        "origin_url": "https://github.com/cheerss/CrossFormer",
+    return imagenet_cfg(
+        first_conv=[f"patch_embed.projs.{i}" for i in range(4)],  # every stem conv reads the image
+        classifier="head",
+        license="mit",
+        origin_url="https://github.com/cheerss/CrossFormer",
         **kwargs,
-    }
+    )
 
 
 _V1_PAPER = "arXiv:2108.00154"

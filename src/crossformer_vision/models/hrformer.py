@@ -22,15 +22,17 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from timm.layers import DropPath, SelectAdaptivePool2d, trunc_normal_
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
-from timm.models._features import FeatureGetterNet, feature_take_indices
+from timm.models import generate_default_cfgs, register_model
+from timm.models._features import feature_take_indices
 from torch import nn
-from torch.utils.checkpoint import checkpoint
+
+from ._common import build_family_model, imagenet_cfg, init_weights, run_blocks
 
 __all__ = [
     "HRFORMER_VARIANTS",
@@ -287,12 +289,7 @@ class HRFormerModule(nn.Module):
         self.grad_checkpointing = False
 
     def _branch(self, i: int, x: torch.Tensor) -> torch.Tensor:
-        for block in self.branches[i]:
-            if self.grad_checkpointing and torch.is_grad_enabled() and not torch.jit.is_scripting():
-                x = checkpoint(block, x, use_reentrant=False)
-            else:
-                x = block(x)
-        return x
+        return run_blocks(self.branches[i], x, grad_checkpointing=self.grad_checkpointing)
 
     def forward(self, xs: list[torch.Tensor]) -> list[torch.Tensor]:
         xs = [self._branch(i, x) for i, x in enumerate(xs)]
@@ -438,7 +435,7 @@ class HRFormer(nn.Module):
             if num_classes > 0 and head
             else nn.Identity()
         )
-        self.apply(self._init_weights)
+        self.apply(partial(init_weights, convs=True))
 
     def _make_cls_head(self, channels: Sequence[int]) -> None:
         self.incre_modules = nn.ModuleList(
@@ -459,20 +456,6 @@ class HRFormer(nn.Module):
         self.final_layer = nn.Sequential(
             nn.Conv2d(_HEAD_CHANNELS[3] * 4, _HEAD_FEATURES, 1), _bn(_HEAD_FEATURES), nn.ReLU(True)
         )
-
-    @staticmethod
-    def _init_weights(m: nn.Module) -> None:
-        if isinstance(m, nn.Linear):
-            trunc_normal_(m.weight, std=0.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, (nn.BatchNorm2d, nn.LayerNorm)):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
 
     # ------------------------------------------------------------------ timm model contract
     @torch.jit.ignore
@@ -649,45 +632,22 @@ def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: HRFormer) -
     return out
 
 
-class HRFormerFeatures(FeatureGetterNet):
-    """timm's ``features_only`` wrapper that forwards :meth:`HRFormer.set_grad_checkpointing` to the model."""
-
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True, **kwargs: Any) -> None:
-        self.model.set_grad_checkpointing(enable)
-
-
 def _create(variant: str, pretrained: bool, kwargs: dict[str, Any]) -> HRFormer:
-    out_indices = kwargs.pop("out_indices", (0, 1, 2, 3))
-    return build_model_with_cfg(
-        HRFormer,
-        variant,
-        pretrained,
-        pretrained_filter_fn=checkpoint_filter_fn,
-        feature_cfg=dict(feature_cls=HRFormerFeatures, out_indices=out_indices),
-        **{**HRFORMER_VARIANTS[variant], **kwargs},
+    return build_family_model(
+        HRFormer, variant, pretrained, checkpoint_filter_fn, **{**HRFORMER_VARIANTS[variant], **kwargs}
     )
 
 
 def _cfg(**kwargs: Any) -> dict[str, Any]:
     # official ImageNet pipeline (cls/config.py, Swin's): bicubic resize of 224 / 0.875 = 256, centre crop 224
-    return {
-        "url": "",
-        "num_classes": 1000,
-        "input_size": (3, 224, 224),
-        "pool_size": (7, 7),
-        "crop_pct": 0.875,
-        "interpolation": "bicubic",
-        "fixed_input_size": False,
-        "mean": (0.485, 0.456, 0.406),
-        "std": (0.229, 0.224, 0.225),
-        "first_conv": "conv1",
-        "classifier": "classifier",
-        "license": "mit",
-        "origin_url": "https://github.com/HRNet/HRFormer",
-        "paper_ids": "arXiv:2110.09408",
+    return imagenet_cfg(
+        first_conv="conv1",
+        classifier="classifier",
+        license="mit",
+        origin_url="https://github.com/HRNet/HRFormer",
+        paper_ids="arXiv:2110.09408",
         **kwargs,
-    }
+    )
 
 
 default_cfgs = generate_default_cfgs({"hrformer_t.in1k": _cfg(), "hrformer_s.in1k": _cfg(), "hrformer_b.in1k": _cfg()})

@@ -25,13 +25,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from timm.layers import DropPath, Mlp, trunc_normal_
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 from timm.models.pvt_v2 import Attention as SpatialReductionAttention
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
-from ._features import StageFeatures
+from ._common import build_family_model, imagenet_cfg, init_weights, run_blocks
 
 __all__ = ["SOFT", "SOFT_VARIANTS", "newton_inverse", "soft_gaussian_kernel"]
 
@@ -329,17 +328,7 @@ class SOFT(nn.Module):
         self.feature_info = [dict(num_chs=embed_dims[i], reduction=4 * 2**i, module=f"block{i + 1}") for i in range(4)]
         for p in (self.pos_embed1, self.pos_embed2, self.pos_embed3, self.pos_embed4, self.cls_token):
             trunc_normal_(p, std=0.02)
-        self.apply(self._init_weights)
-
-    @staticmethod
-    def _init_weights(m: nn.Module) -> None:
-        if isinstance(m, nn.Linear):
-            trunc_normal_(m.weight, std=0.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.LayerNorm):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
+        self.apply(init_weights)
 
     # ------------------------------------------------------------------ timm model contract
     @torch.jit.ignore
@@ -380,12 +369,6 @@ class SOFT(nn.Module):
                 f"input {x.shape[-2]}x{x.shape[-1]} is too small: SOFT needs both sides >= {SOFT_MIN_INPUT_SIZE}"
             )
 
-    def _run(self, blocks: nn.ModuleList, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        ckpt = self.grad_checkpointing and torch.is_grad_enabled() and not torch.jit.is_scripting()
-        for blk in blocks:
-            x = checkpoint(blk, x, size, use_reentrant=False) if ckpt else blk(x, size)
-        return x
-
     def _stage(self, i: int, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
         """Stage ``i`` (0-3) on an NCHW map; returns its tokens ([B, H*W, C], with the class token first for
         stage 3) and the map size."""
@@ -397,7 +380,8 @@ class SOFT(nn.Module):
         else:  # class token, its own position embedding; no dropout (as the official forward)
             pos = torch.cat([self.pos_embed4[:, :1], _resize_grid(self.pos_embed4[:, 1:], size)], dim=1)
             x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + pos
-        return self._run(getattr(self, f"block{i + 1}"), x, size), size
+        blocks = getattr(self, f"block{i + 1}")
+        return run_blocks(blocks, x, size, grad_checkpointing=self.grad_checkpointing), size
 
     @staticmethod
     def _to_map(tokens: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -489,38 +473,23 @@ SOFT_VARIANTS: dict[str, dict[str, Any]] = {
 
 def _cfg(**kwargs: Any) -> dict[str, Any]:
     # the official evaluation: main.py resolves timm 0.3.2's ViT _cfg (bicubic, crop 0.9, ImageNet mean / std)
-    return {
-        "url": "",
-        "num_classes": 1000,
-        "input_size": (3, 224, 224),
-        "pool_size": None,
-        "crop_pct": 0.9,
-        "interpolation": "bicubic",
-        "fixed_input_size": False,
-        "mean": (0.485, 0.456, 0.406),
-        "std": (0.229, 0.224, 0.225),
-        "first_conv": "patch_embed1.proj.0",
-        "classifier": "head",
-        "license": "mit",
-        "origin_url": "https://github.com/fudan-zvg/SOFT",
-        "paper_ids": "arXiv:2110.11945",
+    return imagenet_cfg(
+        pool_size=None,
+        crop_pct=0.9,
+        first_conv="patch_embed1.proj.0",
+        classifier="head",
+        license="mit",
+        origin_url="https://github.com/fudan-zvg/SOFT",
+        paper_ids="arXiv:2110.11945",
         **kwargs,
-    }
+    )
 
 
 default_cfgs = generate_default_cfgs({f"{name}.in1k": _cfg() for name in SOFT_VARIANTS})
 
 
 def _create(variant: str, pretrained: bool = False, **kwargs: Any) -> SOFT:
-    out_indices = kwargs.pop("out_indices", (0, 1, 2, 3))
-    return build_model_with_cfg(
-        SOFT,
-        variant,
-        pretrained,
-        pretrained_filter_fn=checkpoint_filter_fn,
-        feature_cfg=dict(feature_cls=StageFeatures, out_indices=out_indices),
-        **{**SOFT_VARIANTS[variant], **kwargs},
-    )
+    return build_family_model(SOFT, variant, pretrained, checkpoint_filter_fn, **{**SOFT_VARIANTS[variant], **kwargs})
 
 
 @register_model
