@@ -180,7 +180,7 @@ def test_cli_json_keys(tmp_path):
     Image.new("RGB", (40, 40), (200, 30, 30)).save(image)
     assert main(["explain", str(image), "--checkpoint", str(path), "--output-dir", str(out), "--json"]) == 0
     listing = json.loads((out / "explain.json").read_text())
-    assert set(listing) == {"checkpoint", "methods", "images"}
+    assert set(listing) == {"checkpoint", "task", "methods", "images"} and listing["task"] == "classification"
     row = listing["images"][0]
     assert set(row) == {"image", "target", "top", "png", "maps"} and (out / row["png"]).is_file()
     assert all((out / f).is_file() for f in row["maps"].values())
@@ -196,3 +196,18 @@ def test_cli_json_keys(tmp_path):
     metrics.add("curves")
     assert set(result["methods"]["relevance"]) == metrics
     assert (out / "explain_eval.png").is_file()
+
+
+def test_multilabel_wrapper_explains_its_backbone():
+    from crossformer_vision.tasks.multilabel.model import MultiLabelNet
+
+    torch.manual_seed(0)
+    backbone = timm.create_model("crossformer_t", num_classes=0, **TINY)
+    net = MultiLabelNet(backbone, num_classes=10, head="csra").eval()
+    x = torch.randn(2, 3, 64, 64)
+    tr = trace(net, x)
+    with torch.no_grad():
+        torch.testing.assert_close(tr.logits, net(x), atol=1e-5, rtol=1e-5)
+    for method in ("relevance", "rollout", "attention", "gradcam"):
+        maps = explain(net, x, [2, 7], method)
+        assert maps.shape == (2, 64, 64) and torch.isfinite(maps).all()

@@ -83,9 +83,16 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _load(args: argparse.Namespace) -> Any:
+    """A classification model, else a multi-label one (``loaded.task`` says which)."""
     from ..engine.loading import load_model
 
-    return load_model(args.checkpoint, "classification", trusted=args.trust_checkpoint)
+    try:
+        return load_model(args.checkpoint, "classification", trusted=args.trust_checkpoint)
+    except ValueError as err:
+        try:
+            return load_model(args.checkpoint, "multilabel", trusted=args.trust_checkpoint)
+        except (ValueError, ModuleNotFoundError):
+            raise err from None
 
 
 def _target_index(target: str | None, classes: list[str] | None, num_classes: int) -> int | None:
@@ -132,8 +139,9 @@ def _images(args: argparse.Namespace) -> int:
         except (OSError, ValueError) as err:
             results.append({"image": str(path), "error": str(err)})
             continue
-        with torch.no_grad():
-            probs = model(x).float().softmax(-1)[0]
+        with torch.no_grad():  # multi-label: each label's own sigmoid probability
+            logits = model(x).float()[0]
+            probs = logits.sigmoid() if loaded.task == "multilabel" else logits.softmax(-1)
         target = _target_index(args.target, classes, probs.numel())
         target = int(probs.argmax()) if target is None else target
         maps = {m: explain(model, x, target, m)[0].numpy() for m in methods}
@@ -158,7 +166,8 @@ def _images(args: argparse.Namespace) -> int:
             }
         )
     require_some_readable(results)
-    text = json.dumps({"checkpoint": str(args.checkpoint), "methods": list(methods), "images": results}, indent=1)
+    listing = {"checkpoint": str(args.checkpoint), "task": loaded.task, "methods": list(methods), "images": results}
+    text = json.dumps(listing, indent=1)
     (out / "explain.json").write_text(text + "\n")
     if args.json:
         print(text)
@@ -180,6 +189,8 @@ def _eval(args: argparse.Namespace) -> int:
     from ..tasks.classification.model import data_config_of
 
     loaded = _load(args)
+    if loaded.task != "classification":
+        raise ValueError("explain eval runs the classification tests (Fashion-MNIST labels); this model is multi-label")
     methods = args.method or METHODS
     result = evaluate_explanations(
         loaded.model.eval(),

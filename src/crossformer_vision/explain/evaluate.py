@@ -20,7 +20,7 @@ from torch import nn
 
 from .faithfulness import FRACTIONS, localisation_scores, perturbation_curves, summarise
 from .methods import METHODS, explain
-from .tracing import family_of
+from .tracing import family_of, network_of
 
 __all__ = ["HIGHER_IS_BETTER", "evaluate_explanations", "plot_evaluation"]
 
@@ -72,7 +72,7 @@ def _scenes(dcfg: dict[str, Any], limit: int | None) -> list[tuple[torch.Tensor,
 
 def _at_size(model: nn.Module, size: tuple[int, int]) -> nn.Module:
     """``model`` able to run at ``size`` (a copy of a fixed-size ViT / Swin with resampled position tables)."""
-    if family_of(model) == "crossformer":
+    if family_of(model) == "crossformer" or network_of(model) is not model:
         return model
     img_size = tuple(model.patch_embed.img_size) if model.patch_embed.img_size is not None else None
     if img_size == tuple(size):

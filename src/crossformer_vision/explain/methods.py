@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .propagation import BlockTrace, StageTrace, apply_groups
-from .tracing import Trace, family_of, trace
+from .tracing import Trace, family_of, network_of, trace
 
 __all__ = ["METHODS", "explain", "resolve_targets"]
 
@@ -154,17 +154,18 @@ def _gradcam(model: nn.Module, images: torch.Tensor, targets) -> torch.Tensor:
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
     family = family_of(model)
+    net = network_of(model)
     if family == "vit":
-        prefix = model.num_prefix_tokens
-        ph, pw = model.patch_embed.patch_size
+        prefix = net.num_prefix_tokens
+        ph, pw = net.patch_embed.patch_size
         grid = (images.shape[-2] // ph, images.shape[-1] // pw)
-        layer = model.blocks[-1].norm1
+        layer = net.blocks[-1].norm1
 
         def reshape(t: torch.Tensor) -> torch.Tensor:  # [B, N, C] -> [B, C, h, w] without the prefix tokens
             return t[:, prefix:].reshape(t.shape[0], *grid, t.shape[-1]).permute(0, 3, 1, 2)
 
     else:
-        layer = _last_nontrivial_stage_block(model, images)
+        layer = _last_nontrivial_stage_block(net, images)
 
         def reshape(t: torch.Tensor) -> torch.Tensor:  # [B, H, W, C] -> [B, C, H, W]
             return t.permute(0, 3, 1, 2)

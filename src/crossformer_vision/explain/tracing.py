@@ -22,7 +22,7 @@ from torch import nn
 
 from .propagation import BlockTrace, Spread, StageTrace, layout_token_index, window_token_index
 
-__all__ = ["Trace", "conv_spread", "family_of", "trace"]
+__all__ = ["Trace", "conv_spread", "family_of", "network_of", "trace"]
 
 
 @dataclass
@@ -79,12 +79,21 @@ def conv_spread(convs: list[nn.Conv2d]) -> Spread:
     return Spread(kernels, convs[0].stride[0])
 
 
+def network_of(model: nn.Module) -> nn.Module:
+    """The attention network of ``model``: itself, or the ``backbone`` of a wrapper (the multi-label task's
+    ``MultiLabelNet``: a backbone and a CSRA / average-pool head)."""
+    backbone = getattr(model, "backbone", None)
+    return backbone if isinstance(backbone, nn.Module) and hasattr(model, "head") else model
+
+
 def family_of(model: nn.Module) -> str:
-    """``"crossformer"``, ``"vit"`` or ``"swin"``; raises ``TypeError`` for other models."""
+    """``"crossformer"``, ``"vit"`` or ``"swin"`` (of the model or of its backbone); ``TypeError`` for others."""
     from timm.models.swin_transformer import SwinTransformer
     from timm.models.vision_transformer import VisionTransformer
 
     from ..models.crossformer import CrossFormer
+
+    model = network_of(model)
 
     if isinstance(model, CrossFormer):
         return "crossformer"
@@ -99,9 +108,18 @@ def family_of(model: nn.Module) -> str:
 
 
 def trace(model: nn.Module, images: torch.Tensor) -> Trace:
-    """Run ``model`` on ``images`` [B, 3, H, W] with attention recording on (autograd as the caller set it)."""
+    """Run ``model`` on ``images`` [B, 3, H, W] with attention recording on (autograd as the caller set it).
+
+    For a wrapper (:func:`network_of`) the backbone is recorded and the logits are the wrapper's; its head is then
+    treated as pooled (the mean over the backbone's last tokens; a multi-label CSRA head adds class-specific attention
+    pooling on top of that mean, which the seed does not model).
+    """
     family = family_of(model)
-    return {"crossformer": _trace_crossformer, "vit": _trace_vit, "swin": _trace_swin}[family](model, images)
+    net = network_of(model)
+    tr = {"crossformer": _trace_crossformer, "vit": _trace_vit, "swin": _trace_swin}[family](net, images, model)
+    if net is not model:
+        tr.pooled, tr.head_weight = True, None
+    return tr
 
 
 # ----------------------------------------------------------------------------------------------------- CrossFormer
@@ -138,9 +156,9 @@ def _head_weight(model: nn.Module) -> torch.Tensor | None:
     return head.weight if isinstance(head, nn.Linear) and model.global_pool == "avg" else None
 
 
-def _trace_crossformer(model: nn.Module, images: torch.Tensor) -> Trace:
+def _trace_crossformer(model: nn.Module, images: torch.Tensor, forward: nn.Module) -> Trace:
     with _crossformer_recording(model), _final_tokens(model) as final:
-        logits = model(images)
+        logits = forward(images)
         stages = []
         for s, stage in enumerate(model.layers):
             blocks = []
@@ -175,13 +193,13 @@ def _timm_recording(attns: list[nn.Module], on_block: Callable | None = None) ->
             h.remove()
 
 
-def _trace_vit(model: nn.Module, images: torch.Tensor) -> Trace:
+def _trace_vit(model: nn.Module, images: torch.Tensor, forward: nn.Module) -> Trace:
     attns = [block.attn for block in model.blocks]
     for a in attns:
         if not hasattr(a, "attn_drop") or not hasattr(a, "fused_attn"):
             raise TypeError(f"ViT block attention {type(a).__name__} has no explicit path to record")
     with _timm_recording(attns) as records:
-        logits = model(images)
+        logits = forward(images)
     if len(records) != len(attns):
         raise RuntimeError(f"recorded {len(records)} attention maps for {len(attns)} blocks")
     prefix = model.num_prefix_tokens
@@ -194,13 +212,13 @@ def _trace_vit(model: nn.Module, images: torch.Tensor) -> Trace:
     return Trace(logits, [stage], tuple(images.shape[-2:]), pooled=model.global_pool != "token")
 
 
-def _trace_swin(model: nn.Module, images: torch.Tensor) -> Trace:
+def _trace_swin(model: nn.Module, images: torch.Tensor, forward: nn.Module) -> Trace:
     blocks = [block for stage in model.layers for block in stage.blocks]
     sizes: list[tuple[int, int]] = []
     pre = [b.register_forward_pre_hook(lambda m, args: sizes.append(tuple(args[0].shape[1:3]))) for b in blocks]
     try:
         with _timm_recording([b.attn for b in blocks]) as records, _final_tokens(model) as final:
-            logits = model(images)
+            logits = forward(images)
     finally:
         for h in pre:
             h.remove()
