@@ -70,8 +70,11 @@ def test_callables_and_non_string_keys_are_refused():
 
 def test_other_timm_models_take_only_generic_arguments():
     assert validate_model_arguments("resnet18", {"drop_rate": 0.1, "in_chans": 1}) == {"drop_rate": 0.1, "in_chans": 1}
-    with pytest.raises(ValueError, match="'embed_dim' is not accepted for resnet18"):
-        validate_model_arguments("resnet18", {"embed_dim": 16})
+    with pytest.raises(ValueError, match="'stem_width' is not accepted for resnet18"):
+        validate_model_arguments("resnet18", {"stem_width": 16})
+    # the widths and depths a Swin / DeiT run shrinks are accepted (the demo's Swin baseline reopens)
+    swin = {"embed_dim": 16, "depths": [1, 1], "num_heads": [1, 2], "window_size": 4, "patch_size": 2}
+    assert validate_model_arguments("swin_tiny_patch4_window7_224", swin).keys() == swin.keys()
     with pytest.raises(ValueError, match="'in_chans' must be"):
         validate_model_arguments("resnet18", {"in_chans": 10**6})
 

@@ -133,6 +133,14 @@ GENERIC_ARGUMENTS: dict[str, _Check] = {
     "global_pool": _choice(_TIMM_POOLS),
     "img_size": _IMG_SIZE,
     "in_chans": _int(1, 64),
+    # the widths and depths of timm's transformers (Swin, ViT / DeiT) that the demos and presets shrink; the loader
+    # compares the model they build with the file's tensor shapes before allocating, so the file bounds them
+    "embed_dim": _int(1, 4096),
+    "depth": _int(1, 64),
+    "depths": _seq(_int(1, 64), 1, 8),
+    "num_heads": _one_or_seq(_int(1, 128), 8),
+    "window_size": _one_or_seq(_int(1, 64), 2),
+    "patch_size": _one_or_seq(_int(1, 64), 2),
 }
 
 _KERNEL = _int(1, 64)
