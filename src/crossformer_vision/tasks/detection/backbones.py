@@ -1,4 +1,5 @@
-"""Backbones for torchvision's detectors: a trunk (CrossFormer, timm Swin / ResNet) plus an mmdet-equivalent FPN.
+"""Backbones for torchvision's detectors: a trunk (CrossFormer, timm Swin / ResNet, or a companion family: SOFT,
+CMT, HRFormer) plus an mmdet-equivalent FPN.
 
 A :class:`DetectionBackbone` takes an image batch and returns an ``OrderedDict`` of feature maps with
 ``out_channels`` set, which is what torchvision's ``RetinaNet`` / ``FasterRCNN`` / ``MaskRCNN`` expect. It has the
@@ -17,6 +18,10 @@ Two pyramids, as in the official configs:
 ``frozen_stages=k`` freezes the stem and the first ``k`` stages (no gradients, kept in eval mode: mmdet's
 ``frozen_stages``; ``0`` freezes only the stem, ``-1`` nothing). ``norm_eval=True`` keeps every BatchNorm of the trunk
 in eval mode (running statistics frozen, affine parameters still trained), as mmdet's ResNet configs do.
+
+Companion trunks (:data:`FAMILY_BACKBONES`) are built by the segmentation side's
+:func:`~crossformer_vision.tasks.segmentation.backbones.build_family_backbone` (one builder for both tasks); their
+stage layouts for ``frozen_stages`` are in :func:`trunk_stages`.
 """
 
 from __future__ import annotations
@@ -32,12 +37,18 @@ from torchvision.ops import FeaturePyramidNetwork
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from ...models import CrossFormerBackbone, create_model, create_timm_model, list_variants, load_official_state_dict
+from ...models.cmt import CMT, CMT_VARIANTS
+from ...models.hrformer import HRFORMER_VARIANTS, HRFormerBackbone
 from ...models.registry import DENSE_GROUP_SIZE, DENSE_INTERVAL
 from ...models.registry import dense_lda_rule as default_lda_rule
+from ...models.soft import SOFT, SOFT_VARIANTS
+from ..segmentation.backbones import TimmBackbone, build_family_backbone
 from .mm_convert import MMLastLevelP6P7
 
 __all__ = [
     "BACKBONE_NAMES",
+    "FAMILY_BACKBONES",
+    "LISTED_FAMILY_BACKBONES",
     "PYRAMIDS",
     "TIMM_BACKBONES",
     "DetectionBackbone",
@@ -60,8 +71,20 @@ TIMM_BACKBONES: dict[str, str] = {
     "resnet101": "resnet101",
 }
 
+#: Companion families usable as trunks (their four stage / branch maps at strides 4-32): every SOFT, CMT and HRFormer
+#: variant by its timm name.
+FAMILY_BACKBONES: tuple[str, ...] = (*SOFT_VARIANTS, *CMT_VARIANTS, *HRFORMER_VARIANTS)
+
+#: The one variant per companion family that ``list_detectors()`` names (the others are accepted but not listed:
+#: they differ only in widths and depths; see :func:`~crossformer_vision.tasks.detection.model.list_detectors`).
+#: CMT-S is the CMT paper's detection backbone; SOFT-Small and HRFormer-S the families' usual dense choices.
+LISTED_FAMILY_BACKBONES: tuple[str, ...] = ("soft_small", "cmt_s", "hrformer_s")
+
 #: Every backbone name the detection builders accept.
-BACKBONE_NAMES: tuple[str, ...] = (*list_variants(), *TIMM_BACKBONES)
+BACKBONE_NAMES: tuple[str, ...] = (*list_variants(), *TIMM_BACKBONES, *FAMILY_BACKBONES)
+
+#: Trunks with BatchNorm layers: ``norm_eval`` defaults to True for them (mmdet's ResNet / HRNet default).
+_BATCHNORM_BACKBONES: tuple[str, ...] = ("resnet50", "resnet101", *FAMILY_BACKBONES)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -126,7 +149,7 @@ class TimmTrunk(nn.Module):
         self.out_norms = nn.ModuleList(norms) if (self.is_swin if out_norm is None else out_norm) else None
         self.pad_multiple = 4 if self.is_swin else 1
 
-    def stages(self) -> list[list[nn.Module]]:
+    def stages(self) -> list[list[nn.Module | nn.Parameter]]:
         """``[stem, stage 1, ..., stage 4]`` as lists of modules (for ``frozen_stages``)."""
         children = dict(self.model.named_children())
         if self.is_swin:
@@ -153,13 +176,69 @@ class TimmTrunk(nn.Module):
         return [f.permute(0, 3, 1, 2).contiguous() for f in feats] if self.nhwc else list(feats)
 
 
-def trunk_stages(body: nn.Module) -> list[list[nn.Module]]:
-    """``[stem, stage 1, stage 2, stage 3, stage 4]`` of a trunk, each a list of modules."""
+#: A group of a trunk's stage layout: modules and (for position tables / tokens held by the model itself) parameters.
+StageGroup = list[nn.Module | nn.Parameter]
+
+
+def _family_stages(model: nn.Module) -> list[StageGroup]:
+    """``[stem, stage 1, ..., stage 4]`` of a companion family's model, each family's own division:
+
+    * SOFT: stem ``patch_embed1`` (its three conv-BN-ReLU) + ``pos_embed1``; stage 1 ``block1``; stage ``i`` = 2..4
+      ``patch_embed{i}``, ``pos_embed{i}``, ``block{i}`` (stage 4 also ``cls_token``, which only its attention reads);
+      as the official ``group_matcher`` except that the class token goes with the stage that uses it.
+    * CMT: stem ``stem_conv1..3`` / ``stem_norm1..3``; stage ``i`` ``patch_embed_{a..d}``, ``relative_pos_{a..d}``,
+      ``blocks_{a..d}`` (the official ``group_matcher``).
+    * HRFormer: HRNet's stages, as mmdet's ``HRNet._freeze_stages``: stem ``conv1``, ``bn1``, ``conv2``, ``bn2``;
+      stage 1 ``layer1`` + ``transition1``; stages 2, 3 ``stage{i}`` + ``transition{i}``; stage 4 ``stage4``.
+    """
+    if isinstance(model, SOFT):
+        groups: list[StageGroup] = [[model.patch_embed1, model.pos_embed1], [model.block1]]
+        groups += [[getattr(model, f"{n}{i}") for n in ("patch_embed", "pos_embed", "block")] for i in (2, 3, 4)]
+        groups[4].append(model.cls_token)
+        return groups
+    if isinstance(model, CMT):
+        stem = [m for n, m in model.named_children() if n.startswith("stem_")]
+        parts = ("patch_embed", "relative_pos", "blocks")
+        return [stem] + [[getattr(model, f"{n}_{s}") for n in parts] for s in "abcd"]
+    if isinstance(model, HRFormerBackbone):
+        return [
+            [model.conv1, model.bn1, model.conv2, model.bn2],
+            [model.layer1, model.transition1],
+            [model.stage2, model.transition2],
+            [model.stage3, model.transition3],
+            [model.stage4],
+        ]
+    raise TypeError(f"no stage layout known for {type(model).__name__}")
+
+
+def trunk_stages(body: nn.Module) -> list[StageGroup]:
+    """``[stem, stage 1, stage 2, stage 3, stage 4]`` of a trunk, each a list of modules (and parameters)."""
     if isinstance(body, CrossFormerBackbone):
         return [[body.patch_embed]] + [[stage] for stage in body.layers]
     if isinstance(body, TimmTrunk):
         return body.stages()
-    raise TypeError(f"no stage layout known for {type(body).__name__}; use a CrossFormerBackbone or a TimmTrunk")
+    if isinstance(body, HRFormerBackbone):
+        return _family_stages(body)
+    if isinstance(body, TimmBackbone) and isinstance(getattr(body.body, "model", None), (SOFT, CMT)):
+        return _family_stages(body.body.model)
+    raise TypeError(
+        f"no stage layout known for {type(body).__name__}; use a CrossFormerBackbone, a TimmTrunk or a SOFT / CMT / "
+        "HRFormer trunk of build_trunk"
+    )
+
+
+def _unread_modules(body: nn.Module, levels: tuple[int, ...]) -> list[nn.Module]:
+    """Trunk modules that only compute outputs the pyramid does not read (``levels``: the outputs it reads).
+
+    HRFormer's last module fuses every branch into every output; with RetinaNet's C3-C5 its stride-4 output is
+    unread, so the 1 x 1 convs that bring branches 2-4 into it would never get a gradient (and stall DDP). The
+    other trunks compute each output from the previous one, so all their parameters are used.
+    """
+    if not isinstance(body, HRFormerBackbone):
+        return []
+    fuse = body.stage4[-1].fuse_layers
+    read = {body.out_indices[i] for i in levels}
+    return [m for i, row in enumerate(fuse) if i not in read for j, m in enumerate(row) if j != i]
 
 
 def build_trunk(
@@ -171,16 +250,29 @@ def build_trunk(
 ) -> nn.Module:
     """The trunk of a detection backbone: 4 NCHW maps at strides 4, 8, 16, 32.
 
+    Companion trunks (SOFT, CMT, HRFormer; :data:`FAMILY_BACKBONES`) come from the segmentation side's
+    :func:`~crossformer_vision.tasks.segmentation.backbones.build_family_backbone`: HRFormer's four branches
+    (:class:`~crossformer_vision.models.hrformer.HRFormerBackbone`, official dense keys), SOFT's / CMT's four stage
+    maps (timm ``features_only`` in a :class:`~crossformer_vision.tasks.segmentation.backbones.TimmBackbone`).
+    HRFormer's and SOFT's maps are ``ceil(H / s) x ceil(W / s)``. CMT's 2 x 2 patch convs would drop odd rows, so
+    its input is zero-padded at the bottom / right to a multiple of 32 (a no-op inside a detector, which pads to 32
+    itself) and its maps are exactly ``1 / s`` of the padded input. Their stage layout is in :func:`trunk_stages`.
+
     Args:
-        name: a CrossFormer variant (``crossformer_s``, ``crossformerpp_b``, ...), or a comparison backbone
-            (``swin_t`` / ``swin_s`` / ``swin_b``, ``resnet50`` / ``resnet101``; see :data:`TIMM_BACKBONES`).
+        name: a CrossFormer variant (``crossformer_s``, ``crossformerpp_b``, ...), a comparison backbone
+            (``swin_t`` / ``swin_s`` / ``swin_b``, ``resnet50`` / ``resnet101``; see :data:`TIMM_BACKBONES`), or a
+            companion variant (``soft_tiny`` .. ``soft_huge``, ``cmt_ti`` / ``xs`` / ``s`` / ``b``,
+            ``hrformer_t`` / ``s`` / ``b``).
         lda_rule: CrossFormer only; default :func:`default_lda_rule` (the rule of the official detection weights).
         weights: CrossFormer: a checkpoint path or object of any official layout (ImageNet classification, backbone
             only, or a full mmdet / mmseg checkpoint: its ``backbone.*`` entries), loaded with every key checked.
-            timm: a local weights file, or ``"timm"`` for timm's default pretrained weights.
+            timm: a local weights file, or ``"timm"`` for timm's default pretrained weights. Companion families: an
+            official ImageNet file (path or read checkpoint) through the family's ``checkpoint_filter_fn``, the
+            ImageNet head dropped, every other key checked.
         **kwargs: model arguments. CrossFormer: ``group_size`` / ``crs_interval`` (default: the official detection
             values ``(7, 7, 7, 7)`` / ``(8, 4, 2, 1)`` for every variant), ``drop_path_rate``, and architecture
-            overrides (``embed_dim``, ``depths``, ``num_heads``) for tiny test models. timm: its model arguments.
+            overrides (``embed_dim``, ``depths``, ``num_heads``) for tiny test models. timm and companion families:
+            their model arguments (``drop_path_rate``; ``embed_dims`` / ``depths`` / ``width`` ... for tiny models).
 
     Raises:
         ValueError: unknown name (listing the known ones) or weights that do not fit.
@@ -193,6 +285,14 @@ def build_trunk(
         if weights == "timm":
             return TimmTrunk(TIMM_BACKBONES[name], pretrained=True, **kwargs)
         return TimmTrunk(TIMM_BACKBONES[name], pretrained_file=weights, **kwargs)
+    if name in FAMILY_BACKBONES:
+        if lda_rule is not None:
+            raise ValueError(f"lda_rule applies to CrossFormer backbones only, not to {name!r}")
+        if isinstance(weights, str) and weights == "timm":
+            raise ValueError(f"{name}: timm has no hub weights for it; pass a local official ImageNet file")
+        if name in CMT_VARIANTS:
+            kwargs.setdefault("pad_multiple", 32)
+        return build_family_backbone(name, weights=weights, **kwargs)
     if name not in list_variants():
         raise ValueError(f"unknown detection backbone {name!r}; known backbones: {', '.join(BACKBONE_NAMES)}")
     kwargs.setdefault("group_size", DENSE_GROUP_SIZE)
@@ -221,6 +321,9 @@ class DetectionBackbone(nn.Module):
         fpn_channels: FPN width (256 in every official config).
         frozen_stages: freeze the stem and the first ``k`` stages (``-1``: nothing).
         norm_eval: keep the trunk's BatchNorm layers in eval mode during training.
+
+    Trunk modules that only compute an output the pyramid does not read (HRFormer's fusion into its stride-4 branch
+    under RetinaNet) are frozen too: they could never get a gradient.
 
     Shapes:
         ``[B, 3, H, W]`` -> ``OrderedDict`` of ``[B, fpn_channels, H / s, W / s]`` (P6 / P7 rounded up) for ``H``, ``W``
@@ -262,13 +365,18 @@ class DetectionBackbone(nn.Module):
             raise ValueError(f"frozen_stages must be in [-1, {num_stages}], got {frozen_stages}")
         self.frozen_stages = frozen_stages
         self.norm_eval = norm_eval
-        for module in self._frozen_modules():
-            for p in module.parameters():
+        for item in self._frozen_items():
+            for p in [item] if isinstance(item, nn.Parameter) else item.parameters():
                 p.requires_grad_(False)
+        for module in _unread_modules(body, self.in_indices):
+            module.requires_grad_(False)
         self.train()
 
-    def _frozen_modules(self) -> list[nn.Module]:
+    def _frozen_items(self) -> list[nn.Module | nn.Parameter]:
         return [m for group in trunk_stages(self.body)[: self.frozen_stages + 1] for m in group]
+
+    def _frozen_modules(self) -> list[nn.Module]:
+        return [m for m in self._frozen_items() if isinstance(m, nn.Module)]
 
     def train(self, mode: bool = True) -> DetectionBackbone:
         """Train mode, except frozen stages (and BatchNorm layers when ``norm_eval``), which stay in eval mode."""
@@ -301,13 +409,16 @@ def build_detection_backbone(
     """:func:`build_trunk` + :class:`DetectionBackbone`, with the official defaults per backbone.
 
     Defaults: ResNets ``frozen_stages=1, norm_eval=True`` (mmdet's R-50 / R-101 configs); CrossFormer and Swin
-    ``frozen_stages=-1`` (nothing frozen) and ``norm_eval=False`` (they have no BatchNorm).
+    ``frozen_stages=-1`` (nothing frozen) and ``norm_eval=False`` (they have no BatchNorm); SOFT, CMT and HRFormer
+    ``frozen_stages=-1`` and ``norm_eval=True``: they hold BatchNorm layers (HRFormer throughout, CMT in its stem and
+    FFNs, SOFT in its patch embeddings), whose statistics mmdet keeps frozen for its BatchNorm trunks (ResNet,
+    HRNet) at 2 images per GPU. Pass ``norm_eval=False`` to train them, e.g. for a trunk trained from scratch.
     """
     is_resnet = name.startswith("resnet")
     if frozen_stages is None:
         frozen_stages = 1 if is_resnet else -1
     if norm_eval is None:
-        norm_eval = is_resnet
+        norm_eval = name in _BATCHNORM_BACKBONES
     if name in TIMM_BACKBONES and pyramid == "retinanet":
         kwargs.setdefault("normed_levels", (1, 2, 3))  # C2 is not read
     body = build_trunk(name, lda_rule=lda_rule, weights=weights, **kwargs)

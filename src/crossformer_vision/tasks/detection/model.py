@@ -26,7 +26,13 @@ from typing import Any
 
 from torch import nn
 
-from .backbones import BACKBONE_NAMES, DetectionBackbone, build_detection_backbone
+from .backbones import (
+    BACKBONE_NAMES,
+    FAMILY_BACKBONES,
+    LISTED_FAMILY_BACKBONES,
+    DetectionBackbone,
+    build_detection_backbone,
+)
 from .cascade import CascadeMaskRCNNDetector
 from .detectors import FasterRCNNDetector, MaskRCNNDetector, RetinaNetDetector
 from .mm_convert import MMAnchorGenerator, MMMultiScaleRoIAlign
@@ -69,24 +75,38 @@ _RCNN_SETTINGS = dict(
 )
 
 
-def list_detectors() -> list[str]:
-    """Every name :func:`build_detector` accepts (every detector type x every backbone)."""
-    return [f"{det}_{backbone}" for det in DETECTOR_TYPES for backbone in BACKBONE_NAMES]
+def list_detectors(all_variants: bool = False) -> list[str]:
+    """The detector names: every detector type x every CrossFormer variant and comparison backbone, and x one
+    variant per companion family (``soft_small``, ``cmt_s``, ``hrformer_s``; :data:`LISTED_FAMILY_BACKBONES`).
+
+    :func:`parse_detector_name` / :func:`build_detector` accept every SOFT, CMT and HRFormer variant
+    (``maskrcnn_soft_tiny``, ``retinanet_cmt_b``, ``cascade_hrformer_t``, ...; :data:`FAMILY_BACKBONES`), but only one
+    per family is listed: a family's variants differ only in widths and depths, which the model-contract tests
+    (``tests/test_task_models.py``, one forward + training step per listed name) replace by the same tiny widths, so
+    listing all twelve would add 36 names (4 detector types x 9 variants) that test nothing new.
+
+    Args:
+        all_variants: list every accepted name instead (every companion variant too).
+    """
+    families = FAMILY_BACKBONES if all_variants else LISTED_FAMILY_BACKBONES
+    backbones = [b for b in BACKBONE_NAMES if b not in FAMILY_BACKBONES] + list(families)
+    return [f"{det}_{backbone}" for det in DETECTOR_TYPES for backbone in backbones]
 
 
 def parse_detector_name(name: str) -> tuple[str, str]:
-    """``"maskrcnn_crossformer_s"`` -> ``("maskrcnn", "crossformer_s")``.
+    """``"maskrcnn_crossformer_s"`` -> ``("maskrcnn", "crossformer_s")``; ``"retinanet_cmt_b"`` ->
+    ``("retinanet", "cmt_b")`` (every companion variant, listed by :func:`list_detectors` or not).
 
     Raises:
         ValueError: unknown name; the message lists the known names (and the closest ones).
     """
     det, _, backbone = name.partition("_") if isinstance(name, str) else ("", "", "")
     if det not in DETECTOR_TYPES or backbone not in BACKBONE_NAMES:
-        close = difflib.get_close_matches(str(name), list_detectors(), n=3, cutoff=0.6)
+        close = difflib.get_close_matches(str(name), list_detectors(all_variants=True), n=3, cutoff=0.6)
         hint = f" Did you mean {', '.join(close)}?" if close else ""
         raise ValueError(
             f"unknown detector {name!r}.{hint} Names are <detector>_<backbone> with detector in {DETECTOR_TYPES} "
-            f"and backbone in {BACKBONE_NAMES}; known names: {', '.join(list_detectors())}"
+            f"and backbone in {BACKBONE_NAMES}; known names: {', '.join(list_detectors(all_variants=True))}"
         )
     return det, backbone
 
@@ -114,7 +134,8 @@ def build_detector(
     """Build a detector by name.
 
     Args:
-        name: ``<detector>_<backbone>``; see :func:`list_detectors`.
+        name: ``<detector>_<backbone>``; see :func:`list_detectors` (backbones also ``soft_*``, ``cmt_*``,
+            ``hrformer_*``: every variant of the companion families).
         num_classes: ``K`` foreground classes (80 for COCO). Labels are ``1..K`` in every detector.
         min_size: shorter image side; a sequence picks one at random per training image (mmdet's multi-scale
             ``multiscale_mode='value'``) and uses the last one at test time.
@@ -123,9 +144,10 @@ def build_detector(
             torchvision's ``AnchorGenerator`` and ``MultiScaleRoIAlign``.
         fpn_channels: FPN width.
         backbone_weights: pretrained trunk weights (see :func:`build_trunk`): a path / checkpoint object of any
-            official CrossFormer layout, or for timm backbones a file or ``"timm"``.
-        frozen_stages: freeze the stem and the first ``k`` stages (default: 1 for ResNet-50, -1 otherwise).
-        norm_eval: BatchNorm in eval mode during training (default: True for ResNet-50).
+            official CrossFormer layout, for timm backbones a file or ``"timm"``, for SOFT / CMT / HRFormer an
+            official ImageNet file.
+        frozen_stages: freeze the stem and the first ``k`` stages (default: 1 for ResNets, -1 otherwise).
+        norm_eval: BatchNorm in eval mode during training (default: True for ResNets, SOFT, CMT and HRFormer).
         lda_rule: CrossFormer LDA rule (default: that of the official weights: v1 ``"fixed_interval"``,
             CrossFormer++ ``"fixed_group"``).
         backbone_kwargs: trunk arguments, e.g. ``drop_path_rate``, ``group_size``, or a tiny architecture

@@ -10,7 +10,8 @@ NCHW and can add mmseg-style per-output LayerNorms.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+import os
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import timm
@@ -28,7 +29,10 @@ __all__ = [
     "TimmBackbone",
     "build_backbone",
     "build_crossformer_backbone",
+    "build_family_backbone",
+    "companion_family",
     "is_crossformer",
+    "load_family_weights",
     "resolve_timm_name",
 ]
 
@@ -193,24 +197,113 @@ class TimmBackbone(nn.Module):
         return outs
 
 
-def build_hrformer_backbone(
-    name: str, *, pretrained: bool = False, weights: str | None = None, trusted: bool = False, **kwargs: Any
-) -> nn.Module:
-    """An HRFormer dense trunk (:class:`~crossformer_vision.models.hrformer.HRFormerBackbone`), optionally
-    initialised from an official classification / segmentation file (``weights``; the ImageNet head is dropped)."""
-    from ...models.hrformer import checkpoint_filter_fn, create_hrformer_backbone
+#: The ImageNet-head keys of each companion family's classification files, which its dense trunk does not have
+#: (timm's ``features_only`` prunes SOFT's head and final norm, CMT's conv head; HRFormer's filter drops its head).
+_FAMILY_HEAD_KEYS: dict[str, tuple[str, ...]] = {
+    "soft": ("head.", "norm."),
+    "cmt": ("head.", "_fc.", "_bn."),
+    "hrformer": (),
+}
 
-    if pretrained:
-        raise ValueError(f"{name}: HRFormer weights are not downloaded; pass weights=<official checkpoint path>")
-    backbone = create_hrformer_backbone(name, **kwargs)
-    if weights is not None:
+
+def companion_family(name: str) -> str | None:
+    """``"hrformer"`` / ``"soft"`` / ``"cmt"`` when ``name`` is a variant of that companion family, else None."""
+    from ...models.cmt import CMT_VARIANTS
+    from ...models.soft import SOFT_VARIANTS
+
+    for family, variants in (("hrformer", HRFORMER_VARIANTS), ("soft", SOFT_VARIANTS), ("cmt", CMT_VARIANTS)):
+        if name in variants:
+            return family
+    return None
+
+
+def load_family_weights(
+    model: nn.Module, weights: str | os.PathLike | Mapping[str, Any], family: str, *, trusted: bool = False
+) -> None:
+    """Load an official file of a companion family into its dense trunk ``model`` (the family's model class).
+
+    The file (a path or an already read checkpoint) is unwrapped and renamed by the family's
+    ``checkpoint_filter_fn`` (CMT's position biases are resized to ``model``'s construction size there); the ImageNet
+    head's keys (:data:`_FAMILY_HEAD_KEYS`) are dropped and every other key must fit.
+
+    Raises:
+        ValueError: missing, unexpected or mis-shaped keys (one line, naming a few).
+    """
+    from ...models import cmt, hrformer, soft
+
+    filter_fn = {"soft": soft, "cmt": cmt, "hrformer": hrformer}[family].checkpoint_filter_fn
+    if isinstance(weights, (str, os.PathLike)):
         from ...models.io import read_checkpoint
 
-        state = checkpoint_filter_fn(read_checkpoint(weights, trusted=trusted), backbone)
-        missing, unexpected = backbone.load_state_dict(state, strict=False)
-        if missing or unexpected:
-            raise ValueError(f"{weights}: not an HRFormer {name} file ({len(missing)} missing keys, e.g. "
-                             f"{missing[:2]}; {len(unexpected)} unexpected, e.g. {unexpected[:2]})")  # fmt: skip
+        where, state = os.fspath(weights), read_checkpoint(weights, trusted=trusted)
+    elif isinstance(weights, Mapping):
+        where, state = "weights", weights
+    else:
+        raise TypeError(f"weights must be a file path or a state dict, got {type(weights).__name__}")
+    head = _FAMILY_HEAD_KEYS[family]
+    state = {k: v for k, v in filter_fn(dict(state), model).items() if not (head and k.startswith(head))}
+    name = getattr(model, "pretrained_cfg", {}).get("architecture", family)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as err:  # size mismatches
+        mismatched = [line.strip() for line in str(err).splitlines() if "size mismatch" in line]
+        raise ValueError(f"{where}: not a {name} file: {'; '.join(mismatched[:2]) or err}") from None
+    if missing or unexpected:
+        raise ValueError(f"{where}: not a {name} file ({len(missing)} missing keys, e.g. {missing[:2]}; "
+                         f"{len(unexpected)} unexpected, e.g. {unexpected[:2]})")  # fmt: skip
+
+
+def build_family_backbone(
+    name: str,
+    *,
+    pretrained: bool = False,
+    weights: str | os.PathLike | Mapping[str, Any] | None = None,
+    trusted: bool = False,
+    **kwargs: Any,
+) -> nn.Module:
+    """A companion family's variant (HRFormer, SOFT, CMT) as a dense trunk, for segmentation and detection alike.
+
+    ``[B, 3, H, W]`` -> 4 NCHW maps ``[B, C_i, H_i, W_i]`` at strides 4, 8, 16, 32, with ``out_channels`` /
+    ``out_strides``:
+
+    * HRFormer: :class:`~crossformer_vision.models.hrformer.HRFormerBackbone` (the four branches of the last module;
+      official dense key layout ``conv1...``, ``stage4...`` as in the official segmentation checkpoints);
+      ``H_i = ceil(H / s_i)`` for any input size.
+    * SOFT / CMT: :class:`TimmBackbone` over timm's ``features_only`` model (the stage maps of
+      ``forward_intermediates``; keys ``body.model.<official key>``). Inputs of at least 32 x 32. SOFT's maps are
+      ``ceil(H / s_i)``; CMT's 2 x 2 patch convs floor odd sizes, unless ``pad_multiple=32`` pads the input first.
+
+    Args:
+        name: a variant: ``hrformer_{t,s,b}``, ``soft_{tiny,small,medium,large,huge}``, ``cmt_{ti,xs,s,b}``.
+        pretrained: refused: these weights are not on a hub; pass ``weights``.
+        weights: an official ImageNet classification file (or one of the family's dense layout), a path or a read
+            state dict, loaded through the family's ``checkpoint_filter_fn`` (see :func:`load_family_weights`).
+        trusted: unpickle ``weights`` without the allow-list (only for files you trust).
+        **kwargs: model arguments: ``drop_path_rate``, architecture overrides for tiny test models (``width``,
+            ``embed_dims``, ``depths`` ...), and for SOFT / CMT :class:`TimmBackbone`'s ``pad_multiple``.
+
+    Raises:
+        ValueError: ``name`` is not a companion variant (the message lists them), ``pretrained``, bad weights.
+    """
+    family = companion_family(name)
+    if family is None:
+        from ...models.cmt import CMT_VARIANTS
+        from ...models.soft import SOFT_VARIANTS
+
+        known = [*HRFORMER_VARIANTS, *SOFT_VARIANTS, *CMT_VARIANTS]
+        raise ValueError(f"unknown companion backbone {name!r}; known: {', '.join(known)}")
+    if pretrained:
+        raise ValueError(f"{name}: its weights are not downloaded; pass weights=<official checkpoint path>")
+    if family == "hrformer":
+        from ...models.hrformer import create_hrformer_backbone
+
+        backbone = create_hrformer_backbone(name, **kwargs)
+        model = backbone
+    else:
+        backbone = TimmBackbone(name, **kwargs)
+        model = backbone.body.model  # the family model inside timm's feature wrapper
+    if weights is not None:
+        load_family_weights(model, weights, family, trusted=trusted)
     return backbone
 
 
@@ -247,7 +340,8 @@ def build_backbone(
             ``swin_tiny_patch4_window7_224`` ...
         pretrained: timm backbones: load timm's pretrained weights (they must be cached locally: this machine
             has no hub access).
-        weights: CrossFormer backbones: official / converted checkpoint file to initialise from.
+        weights: CrossFormer backbones: official / converted checkpoint file to initialise from; HRFormer / SOFT /
+            CMT: an official ImageNet file (:func:`build_family_backbone`).
         norm: ``"syncbn"`` converts BatchNorm layers of convolutional timm backbones (ResNet) to SyncBatchNorm,
             as mmseg's configs do.
         **kwargs: Backbone arguments: CrossFormer (``lda_rule``, ``group_size``, ``crs_interval``,
@@ -259,8 +353,14 @@ def build_backbone(
                 f"{name}: CrossFormer weights are not downloaded; pass weights=<official checkpoint path> instead"
             )
         return build_crossformer_backbone(name, weights=weights, **kwargs)
-    if name in HRFORMER_VARIANTS:  # official dense layout (backbone.conv1 ..., not a timm features_only wrapper)
-        return build_hrformer_backbone(name, pretrained=pretrained, weights=weights, **kwargs)
+    family = companion_family(name)
+    if family == "hrformer":  # official dense layout (backbone.conv1 ..., not a timm features_only wrapper)
+        return build_family_backbone(name, pretrained=pretrained, weights=weights, **kwargs)
+    if family is not None:  # SOFT / CMT: timm features_only, the checkpoint filter of the family for weights=
+        backbone = build_family_backbone(name, pretrained=pretrained, weights=weights, **kwargs)
+        if norm is not None and str(norm).lower() == "syncbn":
+            backbone = nn.SyncBatchNorm.convert_sync_batchnorm(backbone)
+        return backbone
     if weights is not None:
         raise ValueError(f"{name}: weights= is for CrossFormer backbones; use pretrained= / timm's pretrained_cfg")
     timm_name, defaults = resolve_timm_name(name)
