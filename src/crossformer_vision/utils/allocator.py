@@ -8,7 +8,7 @@ largest pass plus fragmentation.
 
 It trades memory for time: inference gets faster for some more peak RSS, training only a little faster for a
 larger rise in peak RSS (the numbers: docs/benchmarks.md, "The allocator"). So the ``crossformer`` CLI turns it on
-for its inference commands (``eval``, ``predict``, ``seg eval|predict``, ``det eval|predict``) and leaves it off for
+for its inference commands (``eval``, ``predict``, ``explain``, ``seg|det|multilabel eval|predict``) and leaves it off for
 training; ``CROSSFORMER_KEEP_FREED_MEMORY=1`` turns it on for every command, ``=0`` for none. In your own script,
 call :func:`keep_freed_memory` yourself, early.
 
@@ -89,7 +89,8 @@ def keep_freed_memory() -> bool:
 
 # CLI commands that only run forward passes: (command, subcommand or None)
 INFERENCE_COMMANDS = frozenset(
-    {("eval", None), ("predict", None), ("seg", "eval"), ("seg", "predict"), ("det", "eval"), ("det", "predict")}
+    {("eval", None), ("predict", None), ("explain", None)}
+    | {(task, sub) for task in ("seg", "det", "multilabel") for sub in ("eval", "predict")}
 )
 
 
@@ -115,7 +116,8 @@ def _env_switch(name: str, env: dict | None = None) -> bool | None:
 
 # CLI commands that train: (command, subcommand or None)
 TRAINING_COMMANDS = frozenset(
-    {("train", None), ("demo", None), ("seg", "train"), ("seg", "demo"), ("det", "train"), ("det", "demo")}
+    {("train", None), ("demo", None)}
+    | {(task, sub) for task in ("seg", "det", "multilabel") for sub in ("train", "demo")}
 )
 _TCMALLOC_ENV = "CROSSFORMER_TCMALLOC"
 _REEXEC_GUARD = "CROSSFORMER_TCMALLOC_PRELOADED"
