@@ -1,18 +1,45 @@
-"""``crossformer convert``: official checkpoint (classification / backbone / mmdet / mmseg) -> safetensors."""
+"""``crossformer convert``: official checkpoint (CrossFormer classification / backbone / mmdet / mmseg, or an HRFormer,
+SOFT, CMT or AugViT file with ``--variant``) -> safetensors file or Hub folder."""
 
 from __future__ import annotations
 
 import argparse
+import json
+from typing import Any
 
 from ..models.io import convert_checkpoint
 
 
 def add_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("src", help="official .pth file (classification, backbone-only, mmdet or mmseg checkpoint)")
+    p.add_argument(
+        "src",
+        help="official file: CrossFormer (classification, backbone-only, mmdet or mmseg checkpoint), or HRFormer / "
+        "SOFT / CMT / AugViT (with --variant)",
+    )
     p.add_argument("dst", help="output .safetensors file (a folder with --hub)")
-    p.add_argument("--variant", default=None, help="expected variant (default: detected from the tensor shapes)")
+    p.add_argument(
+        "--variant",
+        default=None,
+        help="expected variant (CrossFormer: default detected from the tensor shapes); required for HRFormer / SOFT / "
+        "CMT / AugViT files, e.g. hrformer_b, soft_tiny, cmt_s, augvit_small_circulant2",
+    )
+    p.add_argument(
+        "--model-arg",
+        dest="model_args",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="HRFormer / SOFT / CMT / AugViT: an architecture argument that differs from the variant's (VALUE is JSON "
+        "or a word), e.g. window_size=13 for HRFormer-B's 13 x 13-window dense model from hrt_base.pth; repeatable",
+    )
     kind = p.add_mutually_exclusive_group()
-    kind.add_argument("--dense", dest="dense", action="store_true", default=None, help="keep only the backbone")
+    kind.add_argument(
+        "--dense",
+        dest="dense",
+        action="store_true",
+        default=None,
+        help="keep only the backbone (CrossFormer, HRFormer)",
+    )
     kind.add_argument("--classification", dest="dense", action="store_false", help="require norm and head")
     p.add_argument(
         "--lda-rule",
@@ -31,16 +58,68 @@ def add_args(p: argparse.ArgumentParser) -> None:
     )
 
 
-def run(args: argparse.Namespace) -> int:
-    if args.hub:
-        if args.dense:
-            raise ValueError("--hub writes a classification model; it cannot be combined with --dense")
-        from ..models.hub import save_hub_folder
+def parse_model_args(items: list[str]) -> dict[str, Any]:
+    """``["window_size=13", "num_heads=[1,1,2,2]", "mode=circulant2"]`` -> ``{"window_size": 13, ...}`` (JSON values,
+    else the word as a string); the converter validates them against the model-argument allow-list."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--model-arg {item!r}: expected KEY=VALUE, e.g. --model-arg window_size=13")
+        try:
+            value = json.loads(text)
+        except ValueError:
+            value = text
+        out[key.strip()] = value
+    return out
 
-        info = save_hub_folder(args.src, args.dst, args.variant, args.lda_rule, args.trust_checkpoint)
-        print(f"wrote {info['folder']}: {info['variant']} hub folder (config.json, model.safetensors)")
+
+def run(args: argparse.Namespace) -> int:
+    from ..models.crossformer import VARIANT_ARGS
+    from ..models.family_weights import convert_family_checkpoint, family_of, family_variants, save_family_hub_folder
+
+    model_args = parse_model_args(args.model_args)
+    family = family_of(args.variant)
+    if args.variant is not None and family is None and args.variant not in VARIANT_ARGS:
+        raise ValueError(
+            f"unknown --variant {args.variant!r}: expected a CrossFormer variant ({', '.join(VARIANT_ARGS)}) or one of "
+            f"{', '.join(family_variants())}"
+        )
+    if args.hub and args.dense:
+        raise ValueError("--hub writes a classification model; it cannot be combined with --dense")
+    if family is not None:
+        if args.lda_rule is not None:
+            raise ValueError(f"--lda-rule is a CrossFormer setting; {args.variant} has no LDA")
+        if args.hub:
+            info = save_family_hub_folder(args.src, args.dst, args.variant, model_args, args.trust_checkpoint)
+            print(f"wrote {info['folder']}: {info['variant']} hub folder (config.json, model.safetensors)")
+            return 0
+        meta = convert_family_checkpoint(
+            args.src, args.dst, args.variant, model_args, args.dense, args.trust_checkpoint
+        )
+        kind = "dense backbone" if meta["dense"] == "true" else "classification model"
+        print(f"wrote {args.dst}: {args.variant} {kind} (from {meta['source']})")
         return 0
-    meta = convert_checkpoint(args.src, args.dst, args.variant, args.dense, args.lda_rule, args.trust_checkpoint)
+    if model_args:
+        raise ValueError(
+            "--model-arg is for HRFormer / SOFT / CMT / AugViT files (with --variant); CrossFormer architectures are "
+            "read from the tensor shapes"
+        )
+    try:
+        if args.hub:
+            from ..models.hub import save_hub_folder
+
+            info = save_hub_folder(args.src, args.dst, args.variant, args.lda_rule, args.trust_checkpoint)
+            print(f"wrote {info['folder']}: {info['variant']} hub folder (config.json, model.safetensors)")
+            return 0
+        meta = convert_checkpoint(args.src, args.dst, args.variant, args.dense, args.lda_rule, args.trust_checkpoint)
+    except ValueError as err:
+        if "not a CrossFormer state dict" not in str(err):
+            raise
+        raise ValueError(
+            f"{args.src} is {err}; for an HRFormer / SOFT / CMT / AugViT file pass --variant NAME "
+            f"({', '.join(family_variants())})"
+        ) from None
     kind = "dense backbone" if meta["dense"] == "true" else "classification model"
     print(f"wrote {args.dst}: {meta['variant']} {kind} (from {meta['source']})")
     return 0

@@ -11,7 +11,8 @@ pool, linear) turns the four branches into one vector.
 * State-dict keys equal the official ``cls/models/hrt.py`` (classification) and
   ``seg/lib/models/backbones/hrt/hrt_backbone.py`` (dense) keys, so official files load without renaming;
   the derived ``relative_position_index`` buffers of the official files are dropped by
-  :func:`checkpoint_filter_fn` (here they are rebuilt, non-persistent).
+  :func:`checkpoint_filter_fn` (here they are rebuilt, non-persistent), which also resizes bias tables built for
+  another window (:func:`resize_bias_table`: the 13 x 13 / 15 x 15 dense models start from the 7 x 7 ImageNet file).
 * Any input size works: windows that do not tile a branch are zero-padded around the map (centred, as the
   official ``PadBlock``), and the fuse layers resize to the target branch's exact size, as the official code does.
 * ``forward_intermediates`` / ``features_only`` give the four branch maps (NCHW, strides 4 / 8 / 16 / 32) of the
@@ -43,6 +44,7 @@ __all__ = [
     "WindowAttention",
     "checkpoint_filter_fn",
     "create_hrformer_backbone",
+    "resize_bias_table",
 ]
 
 #: Width ``C`` of the highest-resolution branch, heads per branch and modules in stages 2 / 3 / 4 of every variant
@@ -610,13 +612,48 @@ def create_hrformer_backbone(name: str, **kwargs: Any) -> HRFormerBackbone:
 
 
 # ---------------------------------------------------------------------- weights, variants, registry
+def resize_bias_table(table: torch.Tensor, window_size: int) -> torch.Tensor:
+    """A relative position bias table ``[(2w-1)^2, heads]`` built for ``w x w`` windows, resized for ``window_size``.
+
+    The table is a ``(2w-1) x (2w-1)`` grid of offsets (row-major, as ``relative_position_index`` reads it) per head;
+    it is resized to ``(2 window_size - 1)^2`` by bilinear interpolation with ``align_corners=False``, as the official
+    dense loader (``seg/lib/models/tools/module_helper.py``, ``network="hrt_window"``) does when ``hrt_base_win13`` /
+    ``win15`` start from the 7 x 7 ImageNet ``hrt_base.pth``. Returns ``[(2 window_size - 1)^2, heads]`` in the
+    table's dtype (computed in float32 at least).
+
+    Raises:
+        ValueError: ``table`` is not 2-D with a square number of rows.
+    """
+    side = math.isqrt(table.shape[0]) if table.ndim == 2 else 0
+    if table.ndim != 2 or side * side != table.shape[0] or side % 2 == 0:
+        raise ValueError(
+            f"HRFormer: a relative position bias table has shape {tuple(table.shape)}, expected "
+            "[(2w-1)^2, heads] for a window w"
+        )
+    target = 2 * window_size - 1
+    if side == target:
+        return table
+    heads = table.shape[1]
+    grid = table.detach().permute(1, 0).reshape(1, heads, side, side)
+    work = grid.float() if grid.dtype in (torch.float16, torch.bfloat16) else grid
+    out = F.interpolate(work, size=(target, target), mode="bilinear", align_corners=False)
+    return out.to(table.dtype).reshape(heads, target * target).permute(1, 0).contiguous()
+
+
 def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: HRFormer) -> dict[str, torch.Tensor]:
     """An official file's state dict for ``model``: unwrap ``model`` / ``state_dict`` / ``module.`` / ``backbone.``
-    wrappers, drop the derived ``relative_position_index`` buffers, and drop the ImageNet head when ``model`` has
-    none (official dense backbones are initialised from the classification files this way)."""
+    wrappers, drop the derived ``relative_position_index`` buffers, drop the ImageNet head when ``model`` has
+    none (official dense backbones are initialised from the classification files this way), and resize relative
+    position bias tables built for another window (``hrt_base.pth``'s 7 x 7 into a 13 x 13 / 15 x 15 model, see
+    :func:`resize_bias_table`) when ``model`` has the same number of heads there.
+
+    Works on a ``meta``-device ``model`` (only its parameter shapes are read); applying it to its own output
+    changes nothing.
+    """
     for key in ("model", "state_dict"):
         if isinstance(state_dict.get(key), dict):
             state_dict = state_dict[key]
+    own = {k: v.shape for k, v in model.named_parameters() if k.endswith("relative_position_bias_table")}
     out = {}
     for k, v in state_dict.items():
         for prefix in ("module.", "backbone."):
@@ -628,6 +665,11 @@ def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: HRFormer) -
             ("incre_modules", "downsamp_modules", "final_layer", "classifier")
         ):
             continue
+        shape = own.get(k)
+        if shape is not None and isinstance(v, torch.Tensor) and v.ndim == 2 and v.shape != shape:
+            side = math.isqrt(v.shape[0])
+            if v.shape[1] == shape[1] and side * side == v.shape[0] and side % 2 == 1:
+                v = resize_bias_table(v, (math.isqrt(shape[0]) + 1) // 2)
         out[k] = v
     return out
 
