@@ -1,5 +1,7 @@
-"""Two CPU processes (torchrun, gloo) train the same model as one process with the same global batch."""
+"""Two CPU processes (torchrun, gloo) train the same model as one process with the same global batch (classification
+and multi-label: its mAP needs every score, gathered from the evaluation shards)."""
 
+import json
 import os
 import shutil
 import subprocess
@@ -25,9 +27,9 @@ needs_torchrun = pytest.mark.skipif(
 )
 
 
-def _torchrun(args: list[str]) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONHASHSEED="0", OMP_NUM_THREADS="1")
-    cmd = [TORCHRUN, "--standalone", "--nproc_per_node=2", "-m", "crossformer_vision.cli.main", "train", *args]
+def _torchrun(args: list[str], command: tuple[str, ...] = ("train",), **env_vars: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONHASHSEED="0", OMP_NUM_THREADS="1", **env_vars)
+    cmd = [TORCHRUN, "--standalone", "--nproc_per_node=2", "-m", "crossformer_vision.cli.main", *command, *args]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
@@ -78,3 +80,23 @@ def test_two_processes_equal_one_when_an_unreadable_image_is_skipped(tmp_path):
     proc = _torchrun([*run, "train.batch_size=4", f"train.output_dir={ddp}"])
     assert "unreadable training image" in proc.stderr
     _assert_same_weights(single, ddp)
+
+
+@pytest.mark.slow
+@needs_torchrun
+def test_multilabel_two_processes_equal_one(tmp_path):
+    """A tiny CSRA run on demo scenes: same weights, and the same mAP over 21 validation scenes (uneven shards)."""
+    cache = dict(CROSSFORMER_CACHE_DIR=str(tmp_path / "cache"))
+    run = ["--config", "demo", "data.demo_train=64", "data.demo_val=21", "data.demo_size=64", "data.img_size=64"]
+    run += ["data.demo_side=[12,28]", "model.kwargs.embed_dim=16", "model.kwargs.group_size=[4,4,4]"]
+    run += ["sched.epochs=1", "sched.warmup_epochs=0", "train.progress=false", "train.deterministic=true"]
+    single, ddp = tmp_path / "single", tmp_path / "ddp"
+    run_cli(
+        ["multilabel", "train", *run, "train.batch_size=16", f"--output-dir={single}"], env=dict(os.environ, **cache)
+    )
+    _torchrun([*run, "train.batch_size=8", f"--output-dir={ddp}"], ("multilabel", "train"), **cache)
+    _assert_same_weights(single, ddp)
+    one, two = (json.loads((d / "results.json").read_text()) for d in (single, ddp))
+    assert one["steps"] == two["steps"] == 4
+    for key in ("mAP", "CF1", "OF1"):
+        assert two["metrics"][key] == pytest.approx(one["metrics"][key], abs=0.05), key
