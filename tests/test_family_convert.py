@@ -92,6 +92,7 @@ def test_wrong_files_and_variants_are_refused_in_one_line(tmp_path, capsys):
         (["--variant", "cmt_ti"], ["is not a cmt_ti checkpoint: it looks like a SOFT file", "missing keys"]),
         (["--variant", "soft_small"], ["is not a soft_small checkpoint: pass the SOFT variant", "shape mismatch"]),
         ([], ["not a CrossFormer state dict", "pass --variant NAME"]),
+        (["--hub"], ["not a CrossFormer state dict", "pass --variant NAME"]),
         (["--variant", "soft_nano"], ["unknown --variant 'soft_nano'"]),
         (["--variant", "soft_tiny", "--model-arg", "checkpoint_path=/etc"], ["'checkpoint_path' would make"]),
         (["--variant", "soft_tiny", "--dense"], ["--dense keeps the backbone of CrossFormer and HRFormer"]),

@@ -74,9 +74,21 @@ def parse_model_args(items: list[str]) -> dict[str, Any]:
     return out
 
 
+def _with_variant_hint(err: ValueError, src: str) -> ValueError:
+    """A CrossFormer reader's refusal of a file of another family, with how to convert that file instead."""
+    from ..models.family_weights import family_variants
+
+    if "not a CrossFormer state dict" not in str(err):
+        return err
+    return ValueError(
+        f"{src} is {err}; for an HRFormer / SOFT / CMT / AugViT file pass --variant NAME "
+        f"({', '.join(family_variants())})"
+    )
+
+
 def run(args: argparse.Namespace) -> int:
     from ..models.crossformer import VARIANT_ARGS
-    from ..models.family_weights import convert_family_checkpoint, family_of, family_variants, save_family_hub_folder
+    from ..models.family_weights import convert_family_checkpoint, family_of, family_variants
 
     model_args = parse_model_args(args.model_args)
     family = family_of(args.variant)
@@ -87,13 +99,20 @@ def run(args: argparse.Namespace) -> int:
         )
     if args.hub and args.dense:
         raise ValueError("--hub writes a classification model; it cannot be combined with --dense")
+    if args.hub:
+        from ..models.hub import save_hub_folder
+
+        try:
+            info = save_hub_folder(
+                args.src, args.dst, args.variant, args.lda_rule, args.trust_checkpoint, model_args or None
+            )
+        except ValueError as err:
+            raise _with_variant_hint(err, args.src) from None
+        print(f"wrote {info['folder']}: {info['variant']} hub folder (config.json, model.safetensors)")
+        return 0
     if family is not None:
         if args.lda_rule is not None:
             raise ValueError(f"--lda-rule is a CrossFormer setting; {args.variant} has no LDA")
-        if args.hub:
-            info = save_family_hub_folder(args.src, args.dst, args.variant, model_args, args.trust_checkpoint)
-            print(f"wrote {info['folder']}: {info['variant']} hub folder (config.json, model.safetensors)")
-            return 0
         meta = convert_family_checkpoint(
             args.src, args.dst, args.variant, model_args, args.dense, args.trust_checkpoint
         )
@@ -106,20 +125,9 @@ def run(args: argparse.Namespace) -> int:
             "read from the tensor shapes"
         )
     try:
-        if args.hub:
-            from ..models.hub import save_hub_folder
-
-            info = save_hub_folder(args.src, args.dst, args.variant, args.lda_rule, args.trust_checkpoint)
-            print(f"wrote {info['folder']}: {info['variant']} hub folder (config.json, model.safetensors)")
-            return 0
         meta = convert_checkpoint(args.src, args.dst, args.variant, args.dense, args.lda_rule, args.trust_checkpoint)
     except ValueError as err:
-        if "not a CrossFormer state dict" not in str(err):
-            raise
-        raise ValueError(
-            f"{args.src} is {err}; for an HRFormer / SOFT / CMT / AugViT file pass --variant NAME "
-            f"({', '.join(family_variants())})"
-        ) from None
+        raise _with_variant_hint(err, args.src) from None
     kind = "dense backbone" if meta["dense"] == "true" else "classification model"
     print(f"wrote {args.dst}: {meta['variant']} {kind} (from {meta['source']})")
     return 0

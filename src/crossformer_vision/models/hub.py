@@ -1,10 +1,12 @@
-"""Official classification checkpoints as Hugging Face Hub folders that timm's own loaders read."""
+"""Official classification checkpoints (CrossFormer, and HRFormer / SOFT / CMT / AugViT by ``variant``) as Hugging
+Face Hub folders that timm's own loaders read."""
 
 from __future__ import annotations
 
 import inspect
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +23,14 @@ def save_hub_folder(
     variant: str | None = None,
     lda_rule: str | None = None,
     trusted: bool = False,
+    model_args: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Convert an official classification checkpoint to ``dst/config.json`` + ``dst/model.safetensors``.
+
+    A ``variant`` of HRFormer / SOFT / CMT / AugViT goes through
+    :func:`~crossformer_vision.models.family_weights.save_family_hub_folder` (the family's checkpoint filter, every
+    key and shape checked; ``model_args``: architecture arguments that differ from the variant's); CrossFormer
+    files are recognised from their tensor shapes (``variant`` checks it, ``lda_rule`` is recorded).
 
     The folder is written by timm's ``save_for_hf``: ``config.json`` names the architecture (the detected variant)
     and holds its ``pretrained_cfg`` and the ``model_args`` that differ from the variant's (custom widths, the LDA
@@ -33,6 +41,14 @@ def save_hub_folder(
         ValueError: The file holds a dense backbone (no final norm and head: a hub folder holds a classifier), or
             not the given ``variant``.
     """
+    from .family_weights import family_of, save_family_hub_folder
+
+    if family_of(variant) is not None:
+        if lda_rule is not None:
+            raise ValueError(f"lda_rule is a CrossFormer setting; {variant} has no LDA")
+        return save_family_hub_folder(src, dst, variant, model_args, trusted)
+    if model_args:
+        raise ValueError("model_args are for HRFormer / SOFT / CMT / AugViT files; CrossFormer's come from the shapes")
     import timm
     from timm.models import save_for_hf
 
