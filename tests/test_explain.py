@@ -211,3 +211,118 @@ def test_multilabel_wrapper_explains_its_backbone():
     for method in ("relevance", "rollout", "attention", "gradcam"):
         maps = explain(net, x, [2, 7], method)
         assert maps.shape == (2, 64, 64) and torch.isfinite(maps).all()
+
+
+def test_pointing_game_and_energy_by_hand():
+    from crossformer_vision.explain.faithfulness import localisation_scores
+
+    maps = torch.zeros(3, 10, 10)
+    maps[0, 3, 4] = 1.0  # the maximum at x=4, y=3: inside the box x 2..5, y 1..3
+    maps[1, 8, 8] = 1.0  # outside it
+    maps[2, 2, 2], maps[2, 7, 7] = 3.0, 1.0  # 3 of the mass of 4 inside
+    box = torch.tensor([[2.0, 1.0, 6.0, 4.0]])  # xyxy, the pixels x 2..5, y 1..3
+    hits, energy = localisation_scores(maps, [box, box, box], torch.Generator().manual_seed(0))
+    assert hits.tolist() == [1.0, 0.0, 1.0]
+    assert energy.tolist() == pytest.approx([1.0, 0.0, 0.75])
+
+
+class _Scenes:
+    """Two 8 x 8 multi-label scenes with known items (``DemoScenes``' interface)."""
+
+    images = torch.zeros(2, 8, 8, dtype=torch.uint8).numpy()
+    targets = torch.tensor([[1, 0, 1], [0, 1, 0]]).numpy()
+    items = {0: [(0, (1, 1, 2, 3)), (2, (5, 4, 3, 4)), (0, (6, 0, 2, 2))], 1: [(1, (0, 0, 8, 8))]}
+
+    def boxes_of(self, i):
+        return self.items[i]
+
+
+def test_multilabel_pairs_boxes_and_topk_correctness_by_hand():
+    from crossformer_vision.explain.evaluate import _multilabel_pairs
+    from crossformer_vision.explain.faithfulness import perturbation_curves
+
+    dcfg = {"input_size": (3, 16, 16), "mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)}
+    pairs, owner, x, targets = _multilabel_pairs(_Scenes(), dcfg, None)
+    assert [p[1] for p in pairs] == [0, 2, 1] and owner == [0, 0, 1]  # one pair per present class
+    assert x.shape == (2, 3, 16, 16) and torch.allclose(x, torch.full_like(x, -1.0))  # black, resized, normalised
+    # xywh at 8 px -> xyxy at 16 px, both class-0 items in one pair
+    assert pairs[0][2].tolist() == [[2.0, 2.0, 6.0, 8.0], [12.0, 0.0, 16.0, 4.0]]
+    assert pairs[1][2].tolist() == [[10.0, 8.0, 16.0, 16.0]]
+    assert targets.tolist() == [[1.0, 0.0, 1.0], [0.0, 1.0, 0.0]]
+
+    class Fixed(torch.nn.Module):  # logits that ignore the image: class 0 highest, then 2, then 1
+        def forward(self, images):
+            return torch.tensor([[2.0, -1.0, 1.0]]).expand(len(images), -1)
+
+    images = torch.stack([p[0] for p in pairs])
+    classes, k = torch.tensor([0, 2, 1]), torch.tensor([2, 2, 1])
+    curves = perturbation_curves(Fixed(), images, None, classes, torch.rand(3, 16, 16), torch.Generator(), topk=k)
+    # class 0 ranks first, class 2 second (both within k=2); class 1 ranks third (not within k=1)
+    assert curves["positive_correct"][:, 0].tolist() == [1.0, 1.0, 0.0]
+    expected = torch.sigmoid(torch.tensor([2.0, 1.0, -1.0])).tolist()
+    assert curves["positive_prob"][:, 0].tolist() == pytest.approx(expected)
+
+
+def test_plain_multilabel_head_splits_its_logit_over_the_tokens():
+    from crossformer_vision.tasks.multilabel.model import MultiLabelNet
+
+    torch.manual_seed(0)
+    vit = dict(img_size=32, patch_size=8, depth=2, embed_dim=16, num_heads=2)
+    for backbone, size in (
+        (timm.create_model("crossformer_t", num_classes=0, **TINY), 64),
+        (timm.create_model("deit_tiny_patch16_224", num_classes=0, **vit), 32),
+    ):
+        net = MultiLabelNet(backbone, num_classes=10, head="avg").eval()
+        x = torch.randn(2, 3, size, size)
+        tr = trace(net, x)
+        # the plain head's logit is the mean of w_c . f_i over the recorded tokens plus the bias
+        logits = tr.features @ tr.head_weight.T
+        torch.testing.assert_close(logits.mean(1) + net.head.fc.bias, tr.logits, atol=1e-5, rtol=1e-5)
+        assert tr.seed(torch.tensor([1, 2])).shape[1] == tr.stages[-1].num_tokens
+        maps = explain(net, x, [1, 2], "relevance_head")
+        assert maps.shape == (2, size, size) and torch.isfinite(maps).all()
+
+
+def test_cli_eval_on_a_multilabel_run(tmp_path, monkeypatch):
+    import copy
+
+    from crossformer_vision.cli.main import main
+    from crossformer_vision.engine.loading import model_metadata, save_model
+    from crossformer_vision.tasks.multilabel.config import DEFAULTS, PATH_KEYS
+    from crossformer_vision.tasks.multilabel.model import build_multilabel, head_args
+
+    monkeypatch.setenv("CROSSFORMER_CACHE_DIR", str(tmp_path / "cache"))
+    cfg = copy.deepcopy(DEFAULTS)
+    kwargs = dict(
+        embed_dim=16,
+        depths=[1, 1],
+        num_heads=[1, 2],
+        group_size=[4, 4],
+        crs_interval=[2, 1],
+        merge_kernel_sizes=[[2, 4]],
+    )
+    cfg["model"].update(name="crossformer_t", head="avg", kwargs=kwargs)
+    cfg["data"].update(dataset="demo", img_size=48, demo_size=48, demo_val=3, demo_side=[12, 20], mean=[0.2] * 3)
+    cfg["data"]["std"] = [0.3] * 3
+    torch.manual_seed(0)
+    model = build_multilabel(cfg, 10).eval()
+    dcfg = {"input_size": [3, 48, 48], "crop_pct": 1.0, "crop_mode": "squash", "interpolation": "bilinear"}
+    meta = model_metadata("multilabel", "crossformer_t", {"backbone": kwargs, "head": head_args(cfg)}, CLASS_NAMES, cfg,
+                          path_keys=PATH_KEYS, data_config={**dcfg, "mean": [0.2] * 3, "std": [0.3] * 3})  # fmt: skip
+    path = tmp_path / "ml.safetensors"
+    save_model(model, path, meta)
+    out = tmp_path / "eval"
+    args = ["explain", "eval", "--checkpoint", str(path), "--limit", "2", "--method", "relevance_head,random"]
+    assert main([*args, "--output-dir", str(out), "--json"]) == 0
+    result = json.loads((out / "explain_eval.json").read_text())
+    assert result["task"] == "multilabel" and result["scenes"] == 2 and result["pairs"] >= 4
+    for key in ("mAP", "pairs_topk", "fractions", "fill", "png", "seconds_per_image", "checkpoint", "model"):
+        assert key in result
+    metrics = {"positive_auc", "negative_auc", "deletion_auc", "insertion_auc", "pointing", "pointing_topk", "energy"}
+    assert set(result["methods"]) == {"relevance_head", "random"}
+    assert set(result["methods"]["random"]) == metrics | {"curves"}
+    row = result["methods"]["random"]
+    assert all(0 <= row[k] <= 1 for k in metrics - {"pointing_topk"})
+    assert (row["pointing_topk"] is None) == (result["pairs_topk"] == 0)  # no pair in the model's top-k: no value
+    assert (out / "explain_eval.png").is_file()
+    assert main([*args, "--output-dir", str(out)]) == 0  # the table

@@ -18,6 +18,7 @@ SHORT = {
     "insertion_auc": "insertion AUC",
     "pointing": "pointing",
     "pointing_top1": "pointing (top-1)",
+    "pointing_topk": "pointing (top-k)",
     "energy": "energy",
 }
 
@@ -51,7 +52,8 @@ def add_args(p: argparse.ArgumentParser) -> None:
         "crossformer explain --checkpoint RUN IMAGES... --output-dir DIR: overlays (image | one map per method), "
         "the maps as .npy and the top classes as JSON.  crossformer explain eval --checkpoint RUN: positive / negative "
         "perturbation, deletion / insertion and localisation (pointing game, energy in boxes) of every method on the "
-        "embedded Fashion-MNIST test set and det_demo scenes, as a table and a PNG."
+        "embedded Fashion-MNIST test set and det_demo scenes (multi-label runs: on the demo scenes' validation "
+        "split they were trained on), as a table and a PNG."
     )
     p.add_argument("inputs", nargs="+", metavar="IMAGES", help="image files and/or folders, or the word eval")
     add_checkpoint(p, "classifier run directory, checkpoints/step-* folder or .safetensors")
@@ -66,8 +68,18 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--topk", type=_positive, default=5, help="top classes in the JSON")
     add_output_dir(p, None, "folder for the PNGs, .npy maps and JSON (eval: default runs/explain-eval)")
     add_json(p)
-    p.add_argument("--limit", type=_positive, default=500, help="eval: Fashion-MNIST test images (class-balanced)")
-    p.add_argument("--scenes", type=_positive, default=None, help="eval: det_demo val scenes (default: all 100)")
+    p.add_argument(
+        "--limit",
+        type=_positive,
+        default=500,
+        help="eval: Fashion-MNIST test images (class-balanced); multi-label runs: validation scenes",
+    )
+    p.add_argument(
+        "--scenes",
+        type=_positive,
+        default=None,
+        help="eval: det_demo val scenes (default: all 100); multi-label runs: validation scenes (default: --limit)",
+    )
     p.add_argument(
         "--fill", choices=("black", "mean"), default="black", help="eval: value of removed pixels (default black)"
     )
@@ -181,25 +193,47 @@ def _images(args: argparse.Namespace) -> int:
     return 0
 
 
+def _multilabel_inputs(loaded: Any) -> tuple[dict[str, Any], Any]:
+    """A multi-label run's preprocessing and the validation scenes it was trained on (its config's demo settings)."""
+    from ..tasks.multilabel.config import DEFAULTS, PATH_KEYS
+    from ..tasks.multilabel.data import data_config, demo_split
+
+    cfg = loaded.run_config(DEFAULTS, PATH_KEYS)
+    if cfg["data"]["dataset"] != "demo":
+        raise ValueError(
+            f"explain eval tests multi-label models on the demo scenes' boxes; this run was trained on "
+            f"data.dataset={cfg['data']['dataset']} (explain its images with crossformer explain IMAGES)"
+        )
+    scenes = demo_split(cfg, "val")
+    if loaded.classes is not None and list(loaded.classes) != list(scenes.classes):
+        raise ValueError(f"the model's labels {loaded.classes[:4]}... are not the demo scenes' {scenes.classes[:4]}...")
+    return data_config(cfg), scenes
+
+
 def _eval(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from ..explain import METHODS
-    from ..explain.evaluate import HIGHER_IS_BETTER, evaluate_explanations, plot_evaluation
+    from ..explain.evaluate import evaluate_explanations, metrics_of, plot_evaluation
     from ..tasks.classification.model import data_config_of
 
     loaded = _load(args)
-    if loaded.task != "classification":
-        raise ValueError("explain eval runs the classification tests (Fashion-MNIST labels); this model is multi-label")
     methods = args.method or METHODS
+    if loaded.task == "multilabel":  # the scenes it was trained on: every test on their (scene, class) pairs
+        dcfg, scenes = _multilabel_inputs(loaded)
+        limit = args.scenes or args.limit
+    else:
+        dcfg, scenes, limit = data_config_of(loaded), None, args.limit
     result = evaluate_explanations(
         loaded.model.eval(),
-        data_config_of(loaded),
+        dcfg,
         methods,
-        limit=args.limit,
+        limit=limit,
         scene_limit=args.scenes,
         batch_size=args.batch_size,
         fill=args.fill,
+        task=loaded.task,
+        scenes=scenes,
     )
     out = Path(args.output_dir or "runs/explain-eval")
     out.mkdir(parents=True, exist_ok=True)
@@ -211,21 +245,29 @@ def _eval(args: argparse.Namespace) -> int:
     if args.json:
         print(text)
         return 0
-    table = Table(
-        title=f"{loaded.name}: faithfulness on {result['images']} Fashion-MNIST test images (top-1 "
-        f"{100 * result['top1']:.1f} %) and {result['pairs']} classes in {result['scenes']} det_demo scenes"
-    )
+    metrics = metrics_of(result["task"])
+    if result["task"] == "multilabel":
+        title = (
+            f"{loaded.name}: faithfulness on {result['pairs']} (scene, present class) pairs of {result['scenes']} "
+            f"multi-label val scenes (mAP {result['mAP']:.1f} %; {result['pairs_topk']} pairs in the model's top-k)"
+        )
+    else:
+        title = (
+            f"{loaded.name}: faithfulness on {result['images']} Fashion-MNIST test images (top-1 "
+            f"{100 * result['top1']:.1f} %) and {result['pairs']} classes in {result['scenes']} det_demo scenes"
+        )
+    table = Table(title=title)
     table.add_column("method")
-    for metric, higher in HIGHER_IS_BETTER.items():
+    for metric, higher in metrics.items():
         table.add_column(f"{SHORT[metric]} {'↑' if higher else '↓'}", justify="right")
     table.add_column("s / image", justify="right")
     best = {}
-    for k, up in HIGHER_IS_BETTER.items():
+    for k, up in metrics.items():
         values = [result["methods"][n][k] for n in methods if result["methods"][n][k] is not None]
         best[k] = (max if up else min)(values) if values else None
     for m in methods:
         row = result["methods"][m]
-        cells = ["-" if row[k] is None else f"{row[k]:.3f}" for k in HIGHER_IS_BETTER]
+        cells = ["-" if row[k] is None else f"{row[k]:.3f}" for k in metrics]
         cells = [f"[bold]{c}[/]" if row[k] is not None and row[k] == best[k] else c for c, k in zip(cells, best)]
         table.add_row(m, *cells, f"{result['seconds_per_image'][m]:.4f}")
     console().print(table)

@@ -19,6 +19,13 @@
   scene: a classifier trained on single items may not rank a scene's classes at all, and a class-specific map of a
   class the model does not see cannot point at it.
 
+**Multi-label models** (:func:`perturbation_curves` with ``topk``): every test runs per (scene, present class) pair
+of the multi-label demo scenes, explaining that class. The probability is the class's sigmoid (deletion: most
+relevant pixels removed first; insertion: the reversed least-relevant-first curve), and the 0 / 1 "accuracy" of the
+positive / negative perturbation is whether the class is still among the scene's ``k`` highest logits, ``k`` the
+number of classes present (the multi-label reading of top-1: with one class present it is top-1 against the true
+label). ``pointing_topk`` is the pointing game on the pairs whose class is among them on the intact scene.
+
 Ties in a map (flat regions, a constant map) are broken at random (seeded), so a map without information scores like
 ``random``. AUCs are trapezoids over the removed fraction 0..1, i.e. the mean height of the curve.
 """
@@ -63,18 +70,23 @@ def perturbation_curves(
     generator: torch.Generator,
     fractions: Sequence[float] = FRACTIONS,
     fill: float | Sequence[float] = 0.0,
+    topk: torch.Tensor | None = None,
 ) -> dict[str, np.ndarray]:
     """Per-image curves of the perturbation tests.
 
     Args:
         model: The classifier (eval mode).
         images: Normalised images [B, C, H, W].
-        labels: True labels [B] (accuracy).
+        labels: True labels [B] (accuracy; unused with ``topk``).
         targets: Explained classes [B] (probability).
         maps: Relevance maps [B, H, W].
         generator: Tie-breaking randomness.
         fractions: Removed fractions.
         fill: Value of removed pixels in the normalised input, one or one per channel (0: the normalisation mean).
+        topk: Multi-label models: long [B], per image the number of labels that count as detected (the scene's
+            present classes). The probability is then the explained class's sigmoid and "correct" means that the
+            explained class is still among the image's ``topk`` highest logits (with ``topk == 1`` and the true
+            label explained, classification's top-1 test). None: a classifier (softmax, argmax against ``labels``).
 
     Returns:
         ``{"positive_correct", "negative_correct", "positive_prob", "negative_prob"}``, each [B, len(fractions)]
@@ -92,8 +104,15 @@ def perturbation_curves(
             removed = order[:, :k] if mode == "positive" else order[:, P - k :]
             mask = torch.zeros(B, P, dtype=torch.bool, device=images.device).scatter_(1, removed, True)
             x = torch.where(mask.view(B, 1, H, W), fill_t, images)
-            probs = model(x).float().softmax(dim=-1)
-            out[f"{mode}_correct"].append((probs.argmax(-1) == labels).float().cpu())
+            logits = model(x).float()
+            if topk is None:
+                probs = logits.softmax(dim=-1)
+                correct = probs.argmax(-1) == labels
+            else:  # the explained class's rank among the labels (0: highest) below the number of present classes
+                probs = logits.sigmoid()
+                rank = (logits > logits.gather(1, targets[:, None])).sum(1)
+                correct = rank < topk.to(rank.device)
+            out[f"{mode}_correct"].append(correct.float().cpu())
             out[f"{mode}_prob"].append(probs.gather(1, targets[:, None])[:, 0].cpu())
     return {k: torch.stack(v, dim=1).numpy() for k, v in out.items()}
 

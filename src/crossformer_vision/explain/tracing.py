@@ -112,14 +112,34 @@ def trace(model: nn.Module, images: torch.Tensor) -> Trace:
 
     For a wrapper (:func:`network_of`) the backbone is recorded and the logits are the wrapper's; its head is then
     treated as pooled (the mean over the backbone's last tokens; a multi-label CSRA head adds class-specific attention
-    pooling on top of that mean, which the seed does not model).
+    pooling on top of that mean, which the seed does not model). A plain average-pool head (``head_name == "avg"``
+    with a linear ``fc``) also gives ``features`` (the map it reads as [B, h*w, C]) and ``head_weight``, so that
+    ``relevance_head`` applies.
     """
     family = family_of(model)
     net = network_of(model)
-    tr = {"crossformer": _trace_crossformer, "vit": _trace_vit, "swin": _trace_swin}[family](net, images, model)
-    if net is not model:
-        tr.pooled, tr.head_weight = True, None
+    if net is model:
+        return {"crossformer": _trace_crossformer, "vit": _trace_vit, "swin": _trace_swin}[family](net, images, model)
+    with _head_input(model) as read:
+        tr = {"crossformer": _trace_crossformer, "vit": _trace_vit, "swin": _trace_swin}[family](net, images, model)
+    tr.pooled, tr.features, tr.head_weight = True, None, None
+    fc = getattr(model.head, "fc", None)
+    if getattr(model, "head_name", None) == "avg" and isinstance(fc, nn.Linear) and read:
+        # the plain multi-label head: the mean of the map it reads [B, C, h, w], then fc; its tokens in row-major
+        # order are the last stage's (ViT: the patch tokens after the prefix), so relevance_head can split the logit
+        tr.features, tr.head_weight = read[-1].flatten(2).transpose(1, 2), fc.weight
     return tr
+
+
+@contextmanager
+def _head_input(model: nn.Module) -> Iterator[list]:
+    """The map a wrapper's head reads ([B, C, h, w]), appended to the yielded list by a forward pre-hook."""
+    out: list[torch.Tensor] = []
+    hook = model.head.register_forward_pre_hook(lambda m, args: out.append(args[0]))
+    try:
+        yield out
+    finally:
+        hook.remove()
 
 
 # ----------------------------------------------------------------------------------------------------- CrossFormer
