@@ -175,7 +175,7 @@ def _demo(args: argparse.Namespace) -> int:
     overrides = [*(DEMO_QUICK if args.quick else []), *args.overrides, f"train.output_dir={out}"]
     cfg = _config(DEMO_PRESETS[args.detector], overrides)
     console.rule(
-        f"[bold]det demo[/]: {cfg['model']['name']} (tiny CrossFormer trunk), {cfg['sched']['epochs']} epochs on the "
+        f"[bold]det demo[/]: {cfg['model']['name']} (tiny trunk), {cfg['sched']['epochs']} epochs on the "
         f"embedded det_demo set at {cfg['model']['min_size']} px, {cfg['train']['threads'] or torch.get_num_threads()} "
         "CPU thread(s)"
     )

@@ -267,7 +267,7 @@ def _build(name: str) -> tuple[str, nn.Module]:
     with torch.device("meta"):
         if name in list_variants():
             return "classifier", create_model(name)
-        if name in list_detectors():
+        if name in list_detectors(all_variants=True):
             from ..tasks.detection.model import build_detector
 
             return "detector", build_detector(name, num_classes=80)
@@ -334,7 +334,7 @@ def model_complexity(name: str, shape: tuple[int, int] | None = None) -> dict[st
         base, added = trunk_flops(trunks[0], *shape, None if v1 else _excluded_size(name, family))
         official, full = hooks + base + added, hooks + base + executed
     else:
-        note = "timm trunk: mmcv module rules only (attention matmuls of Swin / ViT not counted)"
+        note = "non-CrossFormer trunk: mmcv module rules only (its attention matmuls are not counted)"
     pub = PUBLISHED_DENSE.get(name, (None, None))
     return _row(name, family, shape, params, official / 1e9, full / 1e9, pub, note)
 

@@ -50,7 +50,7 @@ DEFAULTS: dict[str, Any] = {
         "lda_rule": None,  # CrossFormer LDA rule (null: the official weights' rule, v1 fixed_interval, ++ fixed_group)
         "drop_path_rate": None,  # null: the official value of the backbone (DETECTION_DROP_PATH)
         "frozen_stages": None,  # null: 1 for resnet50 / resnet101, -1 (nothing frozen) otherwise
-        "norm_eval": None,  # null: true for resnet50 / resnet101 (BatchNorm statistics frozen)
+        "norm_eval": None,  # null: true for BatchNorm trunks (ResNet, SOFT, CMT, HRFormer: statistics frozen)
         "mm_compat": True,  # mmdet's anchors and RoIAlign (needed to run official weights faithfully)
         "fpn_channels": 256,
         "min_size": [800],  # shorter image side; several values = multi-scale training (the last one at test time)
