@@ -11,15 +11,13 @@ import timm
 import torch
 
 from crossformer_vision.models import augvit, cmt, soft
+from family_tiny import family_tiny
 from fixtures_families import FIXTURES, family_fixture, family_meta
 
 TOL = 1e-4
 VARIANTS = [*soft.SOFT_VARIANTS, *cmt.CMT_VARIANTS, *augvit.AUGVIT_VARIANTS]
 
-TINY = {
-    "soft_tiny": dict(embed_dims=(16, 32, 48, 64), num_heads=(1, 2, 3, 4), depths=(1, 1, 1, 1)),
-    "cmt_ti": dict(embed_dims=(16, 32, 48, 64), stem_channel=8, depths=(1, 1, 1, 1), fc_dim=32, img_size=64),
-}
+TINY = {name: family_tiny(name) for name in ("soft_tiny", "cmt_ti")}
 
 
 def _official_model(fx: dict) -> torch.nn.Module:

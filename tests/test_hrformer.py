@@ -11,9 +11,10 @@ import torch
 from crossformer_vision.models.hrformer import checkpoint_filter_fn, create_hrformer_backbone
 from crossformer_vision.tasks.segmentation.model import build_segmentor
 from crossformer_vision.tasks.segmentation.ocr import convert_official_ocr, ohem_cross_entropy
+from family_tiny import family_tiny
 from fixtures_hrformer import FIXTURES, load_fixture
 
-TINY = dict(width=4, num_heads=(1, 1, 2, 2), num_modules=(1, 1, 1), window_size=3)
+TINY = family_tiny("hrformer_t")
 
 
 def _close(ours: torch.Tensor, ref: torch.Tensor) -> None:

@@ -15,8 +15,8 @@ The official files carry each circulant layer's ``index_matrix``, a buffer deriv
 rebuilt (not saved) and :func:`checkpoint_filter_fn` drops it.
 """
 
-from __future__ import annotations
-
+# No ``from __future__ import annotations``: torch.fx copies ``forward``'s annotations into the code it generates,
+# and TorchScript cannot resolve them there as strings (FX-traced-then-scripted models).
 import math
 from functools import partial
 from typing import Any
@@ -94,20 +94,21 @@ class AugViTBlock(Block):
                 return nn.Sequential(nn.Linear(dim, dim), act())
             return nn.Sequential(CirculantLinear(dim, num_cir=num_cir), act())
 
-        if mode != "base":
-            self.augs_attn = aug()
-            self.augs = aug()
-        if mode in ("linear2", "circulant2"):
-            self.augs_attn2 = aug()
-            self.augs2 = aug()
+        # absent paths are None (not missing attributes): TorchScript compiles the forward against them
+        two_paths = mode in ("linear2", "circulant2")
+        self.augs_attn = aug() if mode != "base" else None
+        self.augs = aug() if mode != "base" else None
+        self.augs_attn2 = aug() if two_paths else None
+        self.augs2 = aug() if two_paths else None
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False) -> torch.Tensor:
         """[B, N, C] -> [B, N, C]."""
-        if self.mode == "base":
-            return super().forward(x, attn_mask=attn_mask, is_causal=is_causal)
         n1 = self.norm1(x)
         y = self.drop_path1(self.ls1(self.attn(n1, attn_mask=attn_mask, is_causal=is_causal)))
-        if self.mode in ("linear", "circulant"):
+        if self.augs_attn is None or self.augs is None:  # base: timm's Block
+            x = x + y
+            return x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
+        if self.augs_attn2 is None or self.augs2 is None:  # linear, circulant
             x = x + y + self.augs_attn(n1)
             n2 = self.norm2(x)
             return x + self.drop_path2(self.ls2(self.mlp(n2))) + self.augs(n2)

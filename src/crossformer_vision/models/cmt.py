@@ -17,8 +17,8 @@ its query grid and its key grid (:func:`resize_relative_pos`); at the constructi
 so outputs equal the official ones.
 """
 
-from __future__ import annotations
-
+# No ``from __future__ import annotations``: torch.fx copies ``forward``'s annotations into the code it generates,
+# and TorchScript cannot resolve them there as strings (FX-traced-then-scripted models).
 from collections.abc import Sequence
 from functools import partial
 from typing import Any
@@ -26,7 +26,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from timm.layers import DropPath
-from timm.models import generate_default_cfgs, register_model
+from timm.models import generate_default_cfgs, register_model, register_notrace_function
 from timm.models._features import feature_take_indices
 from torch import nn
 
@@ -38,15 +38,16 @@ __all__ = ["CMT", "CMT_VARIANTS", "resize_relative_pos"]
 CMT_MIN_INPUT_SIZE = 32
 
 
+@register_notrace_function  # torch.fx: one call (whether to resize depends on the map size)
 def resize_relative_pos(
     bias: torch.Tensor, src: tuple[int, int, int, int], dst: tuple[int, int, int, int]
 ) -> torch.Tensor:
     """Bilinearly resample a relative position bias [h, Hq*Wq, Hk*Wk] from grids ``src`` to ``dst``.
 
-    ``src`` / ``dst`` are ``(Hq, Wq, Hk, Wk)``; the query and key grids are resized separately
+    ``src`` / ``dst`` are ``(Hq, Wq, Hk, Wk)`` tuples; the query and key grids are resized separately
     (``align_corners=False``). Returns ``bias`` itself when the grids are equal.
     """
-    if tuple(src) == tuple(dst):
+    if src == dst:
         return bias
     h = bias.shape[0]
     hq, wq, hk, wk = src
@@ -74,7 +75,7 @@ class IRFFN(nn.Module):
 
     def forward(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         b, _, c = x.shape
-        x = self.drop(self.conv1(x.transpose(1, 2).reshape(b, c, *size)))
+        x = self.drop(self.conv1(x.transpose(1, 2).reshape(b, c, size[0], size[1])))
         x = self.proj_bn(self.proj_act(self.proj(x) + x))
         return self.drop(self.conv2(x).flatten(2).transpose(1, 2))
 
@@ -95,16 +96,19 @@ class LightweightAttention(nn.Module):
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
         self.sr_ratio = sr_ratio
-        if sr_ratio > 1:
-            self.sr = nn.Sequential(nn.Conv2d(dim, dim, sr_ratio, sr_ratio, groups=dim), nn.BatchNorm2d(dim))
+        self.sr = (
+            nn.Sequential(nn.Conv2d(dim, dim, sr_ratio, sr_ratio, groups=dim), nn.BatchNorm2d(dim))
+            if sr_ratio > 1
+            else None
+        )
 
     def forward(self, x: torch.Tensor, size: tuple[int, int], bias: torch.Tensor) -> torch.Tensor:
         """``bias``: [heads, N, M] with M the key tokens (``(H // sr) * (W // sr)``)."""
         b, n, c = x.shape
         h = self.num_heads
         q = self.q(x).reshape(b, n, h, -1).transpose(1, 2)
-        if self.sr_ratio > 1:
-            x = self.sr(x.transpose(1, 2).reshape(b, c, *size)).flatten(2).transpose(1, 2)
+        if self.sr is not None:
+            x = self.sr(x.transpose(1, 2).reshape(b, c, size[0], size[1])).flatten(2).transpose(1, 2)
         k = self.k(x).reshape(b, -1, h, self.qk_dim // h).transpose(1, 2)
         v = self.v(x).reshape(b, -1, h, c // h).transpose(1, 2)
         attn = ((q @ k.transpose(-2, -1)) * self.scale + bias).softmax(dim=-1)
@@ -127,7 +131,7 @@ class CMTBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, size: tuple[int, int], bias: torch.Tensor) -> torch.Tensor:
         b, _, c = x.shape
-        fmap = x.transpose(1, 2).reshape(b, c, *size)
+        fmap = x.transpose(1, 2).reshape(b, c, size[0], size[1])
         x = (self.proj(fmap) + fmap).flatten(2).transpose(1, 2)
         x = x + self.drop_path(self.attn(self.norm1(x), size, bias))
         return x + self.drop_path(self.mlp(self.norm2(x), size))
@@ -147,6 +151,12 @@ class CMTPatchEmbed(nn.Module):
 
 
 _STAGES = "abcd"
+
+
+def _check_pool(global_pool: str) -> str:
+    if global_pool not in ("avg", ""):
+        raise ValueError(f"CMT's conv head pools by average (or not at all: ''); got global_pool={global_pool!r}")
+    return global_pool
 
 
 class CMT(nn.Module):
@@ -170,7 +180,8 @@ class CMT(nn.Module):
         qk_ratio: q / k width reduction.
         sr_ratios: Key / value spatial reduction per stage.
         head_drop_rate: Dropout before the classifier (the official ``dp``).
-        global_pool: ``"avg"`` (the only pooling of the conv head).
+        global_pool: ``"avg"`` (the official head) or ``""`` (timm's unpooled head: the conv head's
+            [B, fc_dim, h, w] map, for ``num_classes=0``).
     """
 
     def __init__(
@@ -194,8 +205,7 @@ class CMT(nn.Module):
         global_pool: str = "avg",
     ):
         super().__init__()
-        if global_pool != "avg":
-            raise ValueError(f"CMT's conv head pools by average only; got global_pool={global_pool!r}")
+        _check_pool(global_pool)
         self.img_size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
         if any(s % 32 for s in self.img_size):
             raise ValueError(f"CMT's img_size must be a multiple of 32 (it sizes the position biases), got {img_size}")
@@ -203,7 +213,7 @@ class CMT(nn.Module):
         self.num_classes = num_classes
         self.global_pool = global_pool
         self.embed_dims = tuple(embed_dims)
-        self.sr_ratios = tuple(sr_ratios)
+        self.sr_ratios = list(sr_ratios)  # a list: TorchScript indexes it with a variable
         self.num_features = self.embed_dim = embed_dims[-1]
         self.head_hidden_size = fc_dim
         self.grad_checkpointing = False
@@ -281,12 +291,14 @@ class CMT(nn.Module):
         return self.head
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        if global_pool not in (None, "avg"):
-            raise ValueError(f"CMT's conv head pools by average only; got global_pool={global_pool!r}")
+        if global_pool is not None:
+            self.global_pool = _check_pool(global_pool)
         self.num_classes = num_classes
         self.head = nn.Linear(self.head_hidden_size, num_classes) if num_classes > 0 else nn.Identity()
 
     def check_input(self, x: torch.Tensor) -> None:
+        if isinstance(x, torch.fx.Proxy):  # symbolic tracing: no sizes to check
+            return
         if x.ndim != 4 or x.shape[1] != self.in_chans:
             raise ValueError(f"expected an image batch [B, {self.in_chans}, H, W], got shape {tuple(x.shape)}")
         if min(x.shape[-2:]) < CMT_MIN_INPUT_SIZE:
@@ -294,11 +306,14 @@ class CMT(nn.Module):
                 f"input {x.shape[-2]}x{x.shape[-1]} is too small: CMT needs both sides >= {CMT_MIN_INPUT_SIZE}"
             )
 
+    def _grid(self, i: int, size: tuple[int, int]) -> tuple[int, int, int, int]:
+        """Stage ``i``'s (query, key) grids ``(H, W, H // sr, W // sr)`` for a ``size`` token map."""
+        sr = self.sr_ratios[i]
+        return (size[0], size[1], size[0] // sr, size[1] // sr)
+
     def relative_pos(self, i: int, size: tuple[int, int]) -> torch.Tensor:
         """Stage ``i``'s position bias for a ``size`` token map: [heads, H*W, (H//sr)*(W//sr)]."""
-        sr = self.sr_ratios[i]
-        dst = (size[0], size[1], size[0] // sr, size[1] // sr)
-        return resize_relative_pos(getattr(self, f"relative_pos_{_STAGES[i]}"), self.grids[i], dst)
+        return resize_relative_pos(getattr(self, f"relative_pos_{_STAGES[i]}"), self.grids[i], self._grid(i, size))
 
     def stem(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stem_norm1(self.stem_relu1(self.stem_conv1(x)))
@@ -311,7 +326,7 @@ class CMT(nn.Module):
         x, size = getattr(self, f"patch_embed_{s}")(x)
         bias = self.relative_pos(i, size)
         x = run_blocks(getattr(self, f"blocks_{s}"), x, size, bias, grad_checkpointing=self.grad_checkpointing)
-        return x.transpose(1, 2).reshape(x.shape[0], -1, *size)
+        return x.transpose(1, 2).reshape(x.shape[0], -1, size[0], size[1])
 
     def forward_intermediates(
         self,
@@ -349,8 +364,33 @@ class CMT(nn.Module):
             self.reset_classifier(0)
         return take
 
+    def _forward_features_scripted(self, x: torch.Tensor) -> torch.Tensor:
+        """:meth:`forward_features` for TorchScript, which cannot look submodules up by a computed name (``_stage``)
+        and whose official key layout (``patch_embed_a``, ``blocks_a`` ...) leaves no per-stage container to loop
+        over: the same four stages, written out."""
+        x = self.stem(x)
+        x, size = self.patch_embed_a(x)
+        bias = resize_relative_pos(self.relative_pos_a, self.grids[0], self._grid(0, size))
+        for blk in self.blocks_a:
+            x = blk(x, size, bias)
+        x, size = self.patch_embed_b(x.transpose(1, 2).reshape(x.shape[0], -1, size[0], size[1]))
+        bias = resize_relative_pos(self.relative_pos_b, self.grids[1], self._grid(1, size))
+        for blk in self.blocks_b:
+            x = blk(x, size, bias)
+        x, size = self.patch_embed_c(x.transpose(1, 2).reshape(x.shape[0], -1, size[0], size[1]))
+        bias = resize_relative_pos(self.relative_pos_c, self.grids[2], self._grid(2, size))
+        for blk in self.blocks_c:
+            x = blk(x, size, bias)
+        x, size = self.patch_embed_d(x.transpose(1, 2).reshape(x.shape[0], -1, size[0], size[1]))
+        bias = resize_relative_pos(self.relative_pos_d, self.grids[3], self._grid(3, size))
+        for blk in self.blocks_d:
+            x = blk(x, size, bias)
+        return x.transpose(1, 2).reshape(x.shape[0], -1, size[0], size[1])
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """[B, C, H, W] -> last stage map [B, C4, H/32, W/32] (sizes floor through the stride-2 convs)."""
+        if torch.jit.is_scripting():
+            return self._forward_features_scripted(x)
         self.check_input(x)
         x = self.stem(x)
         for i in range(4):
@@ -358,9 +398,12 @@ class CMT(nn.Module):
         return x
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        """[B, C4, h, w] map -> logits [B, classes] (or the pooled [B, fc_dim] with ``pre_logits``)."""
+        """[B, C4, h, w] map -> logits [B, classes] (or the pooled [B, fc_dim] with ``pre_logits``; global pool
+        ``""``: the unpooled [B, fc_dim, h, w])."""
         x = self._swish(self._bn(self._fc(x)))
-        x = self._drop(x.mean((2, 3)))
+        if self.global_pool == "avg":
+            x = x.mean((2, 3))
+        x = self._drop(x)
         return x if pre_logits else self.head(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

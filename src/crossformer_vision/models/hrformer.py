@@ -19,8 +19,8 @@ pool, linear) turns the four branches into one vector.
   last module; :class:`HRFormerBackbone` is the head-less dense trunk (official dense key layout).
 """
 
-from __future__ import annotations
-
+# No ``from __future__ import annotations``: torch.fx copies ``forward``'s annotations into the code it generates,
+# and TorchScript cannot resolve them there as strings (FX-traced-then-scripted models).
 import math
 from collections.abc import Sequence
 from functools import partial
@@ -29,7 +29,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from timm.layers import DropPath, SelectAdaptivePool2d, trunc_normal_
-from timm.models import generate_default_cfgs, register_model
+from timm.models import generate_default_cfgs, register_model, register_notrace_module
 from timm.models._features import feature_take_indices
 from torch import nn
 
@@ -130,10 +130,9 @@ class MultiheadProjections(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, t, c = x.shape
-        q, k, v = (
-            p(x).view(n, t, self.num_heads, self.head_dim).transpose(1, 2)
-            for p in (self.q_proj, self.k_proj, self.v_proj)
-        )
+        q = self.q_proj(x).view(n, t, self.num_heads, self.head_dim).transpose(1, 2)
+        k = self.k_proj(x).view(n, t, self.num_heads, self.head_dim).transpose(1, 2)
+        v = self.v_proj(x).view(n, t, self.num_heads, self.head_dim).transpose(1, 2)
         bias = self.relative_position_bias_table[self.relative_position_index.view(-1)]
         bias = bias.view(t, t, self.num_heads).permute(2, 0, 1).to(q.dtype)
         out = F.scaled_dot_product_attention(
@@ -142,6 +141,7 @@ class MultiheadProjections(nn.Module):
         return self.out_proj(out.transpose(1, 2).reshape(n, t, c))
 
 
+@register_notrace_module  # torch.fx leaf: the window padding is planned from the map's size
 class WindowAttention(nn.Module):
     """Local-window self-attention of an ``[B, H, W, C]`` map (official ``MultiheadISAAttention``, ``isa_local``).
 
@@ -287,27 +287,28 @@ class HRFormerModule(nn.Module):
                     else:
                         row.append(_fuse_down(channels[j], channels[i], i - j))
                 self.fuse_layers.append(row)
-        self.relu = nn.ReLU(inplace=True)
+        # one ReLU per fused output: branch i's output is the node ``fuse_act.i`` (torch.fx feature extraction)
+        self.fuse_act = nn.ModuleList(nn.ReLU(inplace=True) for _ in range(n)) if n > 1 else None
         self.grad_checkpointing = False
 
-    def _branch(self, i: int, x: torch.Tensor) -> torch.Tensor:
-        return run_blocks(self.branches[i], x, grad_checkpointing=self.grad_checkpointing)
-
     def forward(self, xs: list[torch.Tensor]) -> list[torch.Tensor]:
-        xs = [self._branch(i, x) for i, x in enumerate(xs)]
-        if self.fuse_layers is None:
-            return xs
+        ys = []
+        for i, branch in enumerate(self.branches):
+            if torch.jit.is_scripting():  # (TorchScript compiles only this branch)
+                ys.append(branch(xs[i]))
+            else:
+                ys.append(run_blocks(branch, xs[i], grad_checkpointing=self.grad_checkpointing))
+        if self.fuse_layers is None or self.fuse_act is None:
+            return ys
         out = []
-        for i, row in enumerate(self.fuse_layers):
-            y = xs[0] if i == 0 else row[0](xs[0])
-            for j in range(1, len(xs)):
-                if j == i:
-                    y = y + xs[j]
-                elif j > i:
-                    y = y + F.interpolate(row[j](xs[j]), size=xs[i].shape[-2:], mode="bilinear", align_corners=True)
-                else:
-                    y = y + row[j](xs[j])
-            out.append(self.relu(y))
+        for i, (row, act) in enumerate(zip(self.fuse_layers, self.fuse_act)):
+            y = ys[i]
+            for j, layer in enumerate(row):  # y = sum_j layer_j(ys[j]), j in order (layer_i: Identity)
+                z = layer(ys[j])
+                if j > i:
+                    z = F.interpolate(z, size=ys[i].shape[-2:], mode="bilinear", align_corners=True)
+                y = z if j == 0 else y + z
+            out.append(act(y))
         return out
 
 
@@ -420,8 +421,8 @@ class HRFormer(nn.Module):
             start += modules * num_blocks
             previous = channels[:n]
 
-        self.feature_info = [
-            dict(num_chs=c, reduction=4 * 2**i, module=f"stage4.{num_modules[2] - 1}.branches.{i}")
+        self.feature_info = [  # the fused outputs of the last module (what forward_intermediates returns)
+            dict(num_chs=c, reduction=4 * 2**i, module=f"stage4.{num_modules[2] - 1}.fuse_act.{i}")
             for i, c in enumerate(channels)
         ]
         self.has_head = head
@@ -430,7 +431,7 @@ class HRFormer(nn.Module):
             self.num_features = self.head_hidden_size = _HEAD_FEATURES
         else:
             self.num_features = self.head_hidden_size = channels[-1]
-        self.global_pool_layer = SelectAdaptivePool2d(pool_type=global_pool, flatten=True)
+        self.global_pool_layer = SelectAdaptivePool2d(pool_type=global_pool, flatten=bool(global_pool))
         self.head_drop = nn.Dropout(drop_rate)
         self.classifier = (
             nn.Linear(self.num_features * self.global_pool_layer.feat_mult(), num_classes)
@@ -494,12 +495,14 @@ class HRFormer(nn.Module):
         self.num_classes = num_classes
         if global_pool is not None:
             self.global_pool = global_pool
-            self.global_pool_layer = SelectAdaptivePool2d(pool_type=global_pool, flatten=True)
+            self.global_pool_layer = SelectAdaptivePool2d(pool_type=global_pool, flatten=bool(global_pool))
         feats = self.num_features * self.global_pool_layer.feat_mult()
         self.classifier = nn.Linear(feats, num_classes) if num_classes > 0 else nn.Identity()
 
     def check_input(self, x: torch.Tensor) -> None:
         """Raise a clear error for inputs the model cannot take."""
+        if isinstance(x, torch.fx.Proxy):  # symbolic tracing: no sizes to check
+            return
         if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.ndim != 4:
             shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
             raise ValueError(f"expected a floating-point image batch [B, {self.in_chans}, H, W], got {shape}")
@@ -511,20 +514,29 @@ class HRFormer(nn.Module):
     def forward_branches(self, x: torch.Tensor) -> list[torch.Tensor]:
         """[B, 3, H, W] -> the four branch maps ``[B, 2^i C, H_i, W_i]`` (strides 4, 8, 16, 32; sizes as the stride-2
         convs give them: ``H_1 = ceil(ceil(H/2)/2)``, then halved rounding up)."""
-        self.check_input(x)
+        if not torch.jit.is_scripting():
+            self.check_input(x)
         x = self.relu(self.bn1(self.conv1(x)))
         x = self.relu(self.bn2(self.conv2(x)))
+        # the three stages written out: TorchScript cannot look submodules up by a computed name
         xs = [self.layer1(x)]
-        for s in range(3):
-            transition = getattr(self, f"transition{s + 1}")
-            xs = [t(xs[i] if i < len(xs) else xs[-1]) for i, t in enumerate(transition)]
-            xs = getattr(self, f"stage{s + 2}")(xs)
+        xs = [t(xs[i] if i < len(xs) else xs[-1]) for i, t in enumerate(self.transition1)]
+        for module in self.stage2:
+            xs = module(xs)
+        xs = [t(xs[i] if i < len(xs) else xs[-1]) for i, t in enumerate(self.transition2)]
+        for module in self.stage3:
+            xs = module(xs)
+        xs = [t(xs[i] if i < len(xs) else xs[-1]) for i, t in enumerate(self.transition3)]
+        for module in self.stage4:
+            xs = module(xs)
         return xs
 
     def _cls_map(self, xs: list[torch.Tensor]) -> torch.Tensor:
+        """The head's [B, 2048, h, w] map from the four branches (HRFormer always has four)."""
         y = self.incre_modules[0](xs[0])
-        for i, down in enumerate(self.downsamp_modules):
-            y = self.incre_modules[i + 1](xs[i + 1]) + down(y)
+        y = self.incre_modules[1](xs[1]) + self.downsamp_modules[0](y)
+        y = self.incre_modules[2](xs[2]) + self.downsamp_modules[1](y)
+        y = self.incre_modules[3](xs[3]) + self.downsamp_modules[2](y)
         return self.final_layer(y)
 
     def forward_intermediates(

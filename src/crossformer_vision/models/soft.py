@@ -15,8 +15,8 @@ Any input of at least 32 x 32 pixels works: the position embeddings (56x56 / 28x
 resized bilinearly to the token maps, exactly as the official forward does.
 """
 
-from __future__ import annotations
-
+# No ``from __future__ import annotations``: torch.fx copies ``forward``'s annotations into the code it generates,
+# and TorchScript cannot resolve them there as strings (FX-traced-then-scripted models).
 import math
 from collections.abc import Sequence
 from functools import partial
@@ -25,7 +25,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from timm.layers import DropPath, Mlp, trunc_normal_
-from timm.models import generate_default_cfgs, register_model
+from timm.models import generate_default_cfgs, register_model, register_notrace_function
 from timm.models._features import feature_take_indices
 from timm.models.pvt_v2 import Attention as SpatialReductionAttention
 from torch import nn
@@ -82,8 +82,15 @@ class _NewtonInverse(torch.autograd.Function):
         return -(inv_t @ grad @ inv_t), None
 
 
+@register_notrace_function  # torch.fx: one call (the autograd Function keeps its exact-inverse backward)
 def newton_inverse(mat: torch.Tensor, iters: int = 20) -> torch.Tensor:
-    """Approximate inverse of ``mat + 0.01 I`` ([..., m, m]) by ``iters`` Newton-Schulz steps (official SOFT)."""
+    """Approximate inverse of ``mat + 0.01 I`` ([..., m, m]) by ``iters`` Newton-Schulz steps (official SOFT).
+
+    TorchScript cannot call an autograd Function: scripted models run the same iterations without a graph (the
+    same numbers; scripted models are for inference, as timm's)."""
+    if torch.jit.is_scripting():
+        with torch.no_grad():
+            return _newton_iterate(mat, iters)
     return _NewtonInverse.apply(mat, iters)
 
 
@@ -219,7 +226,8 @@ class SoftPatchEmbed(nn.Module):
         return self.proj(x)
 
 
-def _resize_grid(pos: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+@register_notrace_function  # torch.fx: the identity test reads the map size
+def resize_pos_grid(pos: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """[1, n*n, C] square position grid -> [1, H*W, C], bilinear (align_corners=False) like the official code."""
     side = int(pos.shape[1] ** 0.5)
     if (side, side) == tuple(size):  # bilinear resampling at scale 1 is the identity
@@ -362,6 +370,8 @@ class SOFT(nn.Module):
         self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
 
     def check_input(self, x: torch.Tensor) -> None:
+        if isinstance(x, torch.fx.Proxy):  # symbolic tracing: no sizes to check
+            return
         if x.ndim != 4 or x.shape[1] != self.in_chans:
             raise ValueError(f"expected an image batch [B, {self.in_chans}, H, W], got shape {tuple(x.shape)}")
         if min(x.shape[-2:]) < SOFT_MIN_INPUT_SIZE:
@@ -376,9 +386,9 @@ class SOFT(nn.Module):
         size = (x.shape[2], x.shape[3])
         x = x.flatten(2).transpose(1, 2)
         if i < 3:
-            x = getattr(self, f"pos_drop{i + 1}")(x + _resize_grid(getattr(self, f"pos_embed{i + 1}"), size))
+            x = getattr(self, f"pos_drop{i + 1}")(x + resize_pos_grid(getattr(self, f"pos_embed{i + 1}"), size))
         else:  # class token, its own position embedding; no dropout (as the official forward)
-            pos = torch.cat([self.pos_embed4[:, :1], _resize_grid(self.pos_embed4[:, 1:], size)], dim=1)
+            pos = torch.cat([self.pos_embed4[:, :1], resize_pos_grid(self.pos_embed4[:, 1:], size)], dim=1)
             x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + pos
         blocks = getattr(self, f"block{i + 1}")
         return run_blocks(blocks, x, size, grad_checkpointing=self.grad_checkpointing), size
@@ -428,8 +438,37 @@ class SOFT(nn.Module):
             self.reset_classifier(0)
         return take
 
+    def _forward_features_scripted(self, x: torch.Tensor) -> torch.Tensor:
+        """:meth:`forward_features` for TorchScript, which cannot look submodules up by a computed name (``_stage``)
+        and whose official key layout (``patch_embed1``, ``block1`` ...) leaves no per-stage container to loop over:
+        the same four stages, written out."""
+        x = self.patch_embed1(x)
+        size = (x.shape[2], x.shape[3])
+        x = self.pos_drop1(x.flatten(2).transpose(1, 2) + resize_pos_grid(self.pos_embed1, size))
+        for blk in self.block1:
+            x = blk(x, size)
+        x = self.patch_embed2(self._to_map(x, size))
+        size = (x.shape[2], x.shape[3])
+        x = self.pos_drop2(x.flatten(2).transpose(1, 2) + resize_pos_grid(self.pos_embed2, size))
+        for blk in self.block2:
+            x = blk(x, size)
+        x = self.patch_embed3(self._to_map(x, size))
+        size = (x.shape[2], x.shape[3])
+        x = self.pos_drop3(x.flatten(2).transpose(1, 2) + resize_pos_grid(self.pos_embed3, size))
+        for blk in self.block3:
+            x = blk(x, size)
+        x = self.patch_embed4(self._to_map(x, size))
+        size = (x.shape[2], x.shape[3])
+        pos = torch.cat([self.pos_embed4[:, :1], resize_pos_grid(self.pos_embed4[:, 1:], size)], dim=1)
+        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x.flatten(2).transpose(1, 2)], dim=1) + pos
+        for blk in self.block4:
+            x = blk(x, size)
+        return self.norm(x)
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """[B, C, H, W] -> normalised stage-4 tokens [B, 1 + ceil(H/32)*ceil(W/32), C] (class token first)."""
+        if torch.jit.is_scripting():
+            return self._forward_features_scripted(x)
         self.check_input(x)
         for i in range(3):
             tokens, size = self._stage(i, x)
