@@ -22,8 +22,15 @@ FAMILY_TINY: dict[str, dict[str, Any]] = {
     "augvit": dict(embed_dim=32, num_heads=2, depth=3),
 }
 
+#: The registered names of each family.
+FAMILIES: dict[str, list[str]] = {
+    "hrformer": list(HRFORMER_VARIANTS),
+    "soft": list(SOFT_VARIANTS),
+    "cmt": list(CMT_VARIANTS),
+    "augvit": list(AUGVIT_VARIANTS),
+}
 #: Every registered name of the four families.
-FAMILY_NAMES = [*HRFORMER_VARIANTS, *SOFT_VARIANTS, *CMT_VARIANTS, *AUGVIT_VARIANTS]
+FAMILY_NAMES = [name for names in FAMILIES.values() for name in names]
 
 
 def family_tiny(name: str) -> dict[str, Any]:

@@ -20,7 +20,7 @@ from torchvision.models.feature_extraction import NodePathTracer, create_feature
 import crossformer_vision as cf
 from crossformer_vision.cli.main import main as cli
 from crossformer_vision.models import VARIANT_ARGS, dense_lda_rule
-from family_tiny import FAMILY_NAMES, family_tiny
+from family_tiny import FAMILIES, FAMILY_NAMES, family_tiny
 from official_files import save_backbone_only, save_classification
 
 CROSSFORMER_NAMES = cf.list_variants()
@@ -160,15 +160,20 @@ def test_features_only_and_fx_feature_extraction(name):
             assert m.shape[1] == info["num_chs"] and m.shape[2] <= math.ceil(size[0] / info["reduction"])
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")
 @pytest.mark.parametrize("name", NAMES)
 def test_fx_forward_backward(name):
-    """timm's test_model_forward_fx / backward_fx: the traced graph equals eager, and trains."""
+    """timm's test_model_forward_fx / backward_fx / forward_fx_torchscript: the traced graph equals eager, trains,
+    and TorchScript compiles it (eager's numbers up to float rounding, as in :func:`test_torchscript`)."""
     model = timm.create_model(name, **tiny(name)).eval()
     x = image(1, input_size(model, (96, 128)))
     with torch.inference_mode():
         ref = model(x)
-        out = graph_output(fx_model(model), x)
+        graph = fx_model(model)
+        out = graph_output(graph, x)
     assert torch.equal(out, ref)
+    with torch.no_grad():
+        torch.testing.assert_close(graph_output(torch.jit.script(graph), x), ref, rtol=1e-4, atol=1e-5)
     model = timm.create_model(name, num_classes=42, **tiny(name)).train()
     traced = fx_model(model, train=True)
     out = graph_output(traced, image(2, input_size(model, (96, 128))))
@@ -177,10 +182,17 @@ def test_fx_forward_backward(name):
     assert all(p.grad is not None for p in traced.parameters())
 
 
+#: timm scripts an FX features_only wrapper for one model (test_model_forward_torchscript_with_features_fx); here
+#: for the first name of each family (the other names script the classifier and its FX graph; this keeps the time).
+FX_FEATURES_SCRIPTED = {names[0] for names in FAMILIES.values()}
+
+
 def scripted_wrappers(name: str, model: torch.nn.Module) -> list[torch.nn.Module]:
     """The feature extractors TorchScript compiles besides the classifier, with ``model``'s weights: CrossFormer's
     features_only wrapper and dense backbone; for the families timm's FX features_only wrapper (timm's
-    test_model_forward_torchscript_with_features_fx)."""
+    test_model_forward_torchscript_with_features_fx), once per family."""
+    if name not in CROSSFORMER_NAMES and name not in FX_FEATURES_SCRIPTED:
+        return []
     if name in CROSSFORMER_NAMES:
         features = timm.create_model(name, features_only=True, **tiny(name)).eval()
         dense = cf.create_model(name, dense=True, lda_rule=dense_lda_rule(name), **tiny(name)).eval()
@@ -195,8 +207,9 @@ def scripted_wrappers(name: str, model: torch.nn.Module) -> list[torch.nn.Module
 @pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")
 @pytest.mark.parametrize("name", NAMES)
 def test_torchscript(name):
-    """torch.jit.script of the classifier, FX-traced classifier and feature extractors: eager's numbers
-    (the scripted model takes the plain path: no oneDNN kernels, no cached masks, so float rounding differs)."""
+    """torch.jit.script of the classifier and the feature extractors: eager's numbers (the scripted model takes the
+    plain path: no oneDNN kernels, no cached masks, so float rounding differs). The FX-traced classifier is scripted
+    in :func:`test_fx_forward_backward`."""
     torch.manual_seed(0)
     with timm.layers.set_scriptable(True):
         model = timm.create_model(name, **tiny(name)).eval()
@@ -204,7 +217,6 @@ def test_torchscript(name):
     with torch.no_grad():
         ref = model(x)
         torch.testing.assert_close(torch.jit.script(model)(x), ref, rtol=1e-4, atol=1e-5)
-        torch.testing.assert_close(graph_output(torch.jit.script(fx_model(model)), x), ref, rtol=1e-4, atol=1e-5)
         for wrapper in scripted_wrappers(name, model):
             scripted = torch.jit.script(wrapper)(x)
             eager = wrapper(x)
