@@ -135,11 +135,15 @@ def test_official_imagenet_file_loads_without_its_head(name, tmp_path):
 def test_wrong_files_are_refused(tmp_path):
     path = tmp_path / "soft.pth"
     _official_file("soft_tiny", path)
-    with pytest.raises(ValueError, match=r"soft\.pth: not a cmt_ti file"):
+    with pytest.raises(ValueError, match=r"soft\.pth is not a cmt_ti checkpoint: it looks like a SOFT file") as err:
         build_trunk("cmt_ti", weights=path, **TINY["cmt_ti"])
+    assert "missing keys" in str(err.value) and len(str(err.value).splitlines()) == 1
     wide = dict(TINY["soft_tiny"], embed_dims=(16, 32, 48, 80))
-    with pytest.raises(ValueError, match="size mismatch"):
+    with pytest.raises(ValueError, match=r"shape mismatch for .*: checkpoint \(64,\) vs model \(80,\)") as err:
         build_trunk("soft_tiny", weights=path, **wide)
+    assert "the backbone's model arguments" in str(err.value) and len(str(err.value).splitlines()) == 1
+    with pytest.raises(ValueError, match=r"weights is not a soft_tiny checkpoint: .*missing keys"):  # a read mapping
+        build_trunk("soft_tiny", weights={"model": {"pos_embed1": torch.zeros(1)}}, **TINY["soft_tiny"])
     with pytest.raises(ValueError, match="timm has no hub weights"):
         build_trunk("hrformer_t", weights="timm", **TINY["hrformer_t"])
     with pytest.raises(ValueError, match="lda_rule applies to CrossFormer backbones only"):

@@ -151,3 +151,62 @@ def test_hrformer_file_of_another_window(tmp_path, capsys):
     assert cli(["convert", str(backbone_file), str(tmp_path / "hub"), "--variant", "hrformer_t", "--hub",
                 *_model_args(kwargs)]) == 2  # fmt: skip
     assert "holds a dense hrformer_t trunk" in capsys.readouterr().err
+
+
+@pytest.fixture
+def one_thread():
+    """Two shared CPU cores: one thread builds and runs the full-size model several times faster."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_eval_and_predict_read_official_family_files_through_the_family_filter(tmp_path, capsys, one_thread):
+    """``crossformer eval / predict --checkpoint official.pth`` (``load_foreign``) reads a family's official file the
+    way ``crossformer convert --variant`` does: derived buffers and wrappers filtered, every key checked, the head's
+    size from the file; ``--model`` (+ ``model.kwargs``) names custom widths, full-size variants are detected."""
+    import numpy as np
+    from PIL import Image
+
+    src, official = _official_file(tmp_path, "hrformer_t")  # with its relative_position_index buffers
+    kwargs = TINY["hrformer_t"][0]
+    loaded = load_model(official, "classification", model_name="hrformer_t", model_kwargs=kwargs)
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(loaded.model(x), src(x))
+    assert (loaded.name, loaded.kind, loaded.classes, loaded.model_args["width"]) == ("hrformer_t", "official", None, 4)
+    trunk = {k: v for k, v in src.state_dict().items() if not k.startswith(("incre_modules", "downsamp_modules",
+                                                                             "final_layer", "classifier"))}  # fmt: skip
+    cases = [
+        (dict(), ["looks like a HRFormer file but fits none of its variants", "as --model and model.kwargs."]),
+        (dict(model_name="soft_tiny"), ["is not a soft_tiny checkpoint: it looks like a HRFormer file", "--model"]),
+        (dict(model_name="hrformer_t", model_kwargs={**kwargs, "width": 8}), ["shape mismatch for"]),
+        (dict(model_name="hrformer_t", model_kwargs={**kwargs, "checkpoint_path": "/etc"}), ["'checkpoint_path'"]),
+    ]
+    for options, words in cases:
+        with pytest.raises(ValueError) as err:
+            load_model(official, "classification", **options)
+        assert len(str(err.value).splitlines()) == 1 and all(w in str(err.value) for w in words), err.value
+    dense = save_backbone_only(tmp_path / "trunk.pth", trunk)
+    with pytest.raises(ValueError, match="holds a dense hrformer_t trunk without a classifier head"):
+        load_model(dense, "classification", model_name="hrformer_t", model_kwargs=kwargs)
+
+    # a full-size official CMT-Ti file (DDP prefixes): detected without --model, predicted through the CLI
+    from timm.data import create_transform, resolve_model_data_config
+
+    from crossformer_vision.data.folder import load_rgb
+
+    torch.manual_seed(0)
+    full = timm.create_model("cmt_ti", num_classes=3).eval()
+    path = save_classification(tmp_path / "cmt_ti.pth", {f"module.{k}": v for k, v in full.state_dict().items()})
+    image = tmp_path / "im.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (48, 40, 3), dtype=np.uint8)).save(image)
+    capsys.readouterr()
+    assert cli(["predict", str(image), "--checkpoint", str(path), "--json", "--topk", "3"]) == 0
+    top = json.loads(capsys.readouterr().out)[0]["top"]
+    cfg = {k: v for k, v in resolve_model_data_config(full).items() if k != "crop_mode"}
+    with torch.no_grad():  # the source model's probabilities on predict's preprocessing
+        probs = full(create_transform(**cfg)(load_rgb(image))[None]).softmax(-1)[0]
+    assert [t["index"] for t in top] == probs.argsort(descending=True).tolist()
+    assert all(abs(t["probability"] - float(probs[t["index"]])) < 1e-5 for t in top)

@@ -15,7 +15,7 @@ from torch import nn
 from ...engine.config import model_arguments_from
 from ...engine.loading import LoadedModel
 from ...models import detect_variant, load_official_state_dict
-from ...models.io import read_checkpoint, read_state_dict
+from ...models.io import read_checkpoint
 
 __all__ = [
     "build_classifier",
@@ -149,21 +149,50 @@ def data_config_of(loaded: LoadedModel) -> dict[str, Any]:
 def load_foreign(
     path: Path, *, trusted: bool = False, model_name: str | None = None, model_kwargs: Mapping | None = None, **_: Any
 ) -> LoadedModel:
-    """An official CrossFormer checkpoint, a ``crossformer convert`` file, or a timm model's state dict."""
-    sd = read_state_dict(path, trusted)
-    name = model_name or detect_variant(sd)
-    if name is None:
-        raise ValueError(f"cannot tell which model {path} holds; pass --model NAME")
-    if "head.weight" not in sd and model_name is None:
-        raise ValueError(f"{path} holds a backbone without a classifier head; it cannot classify (use it as "
-                         "model.pretrained to fine-tune)")  # fmt: skip
-    num_classes = sd["head.weight"].shape[0] if "head.weight" in sd else 1000
-    model = timm.create_model(name, num_classes=num_classes, **dict(model_kwargs or {}))
-    if type(model).__name__ == "CrossFormer":
-        load_official_state_dict(model, read_checkpoint(path, trusted))
+    """An official CrossFormer / HRFormer / SOFT / CMT / AugViT checkpoint, a ``crossformer convert`` file, or a timm
+    model's state dict, as a classifier in eval mode.
+
+    The model is ``model_name`` (``crossformer eval / predict --model NAME``) with ``model_kwargs``
+    (``model.kwargs.KEY=VALUE`` overrides), else the variant read from the file: a CrossFormer variant from its tensor
+    shapes, a family's variant from its keys and shapes
+    (:func:`~crossformer_vision.models.family_weights.family_variant_of`). A family's file goes through
+    :func:`~crossformer_vision.models.family_weights.family_state_dict`, the reader ``crossformer convert --variant``
+    and the dense trunks use (the family's ``checkpoint_filter_fn``, every key and shape checked, arguments
+    validated); the head's size is the file's.
+
+    Raises:
+        ValueError: One line: the model cannot be told (pass ``--model``), the file holds a trunk without a
+            classifier head, or its tensors do not fit the model.
+    """
+    from ...models._keys import extract_backbone_state_dict, unwrap_state_dict
+    from ...models.family_weights import family_of, family_state_dict, family_variant_of
+
+    raw = read_checkpoint(path, trusted)
+    name = model_name or family_variant_of(raw, str(path))
+    if family_of(name) is not None:
+        state, args, num_classes, dense = family_state_dict(
+            raw, name, model_kwargs, trusted=trusted, where=str(path), usage="eval"
+        )
+        if dense:
+            raise ValueError(f"{path} holds a dense {name} trunk without a classifier head; it cannot classify (use it "
+                             "as model.backbone.weights of a segmentation / detection model)")  # fmt: skip
+        model = timm.create_model(name, num_classes=num_classes, **args)
+        model.load_state_dict(state, strict=True)
     else:
-        state = read_checkpoint(path, trusted)
-        model.load_state_dict(state.get("model", state.get("state_dict", state)))
+        sd = extract_backbone_state_dict(unwrap_state_dict(raw))
+        name = model_name or detect_variant(sd)
+        if name is None:
+            raise ValueError(f"cannot tell which model {path} holds; pass --model NAME")
+        if "head.weight" not in sd and model_name is None:
+            raise ValueError(f"{path} holds a backbone without a classifier head; it cannot classify (use it as "
+                             "model.pretrained to fine-tune)")  # fmt: skip
+        num_classes = sd["head.weight"].shape[0] if "head.weight" in sd else 1000
+        args = dict(model_kwargs or {})
+        model = timm.create_model(name, num_classes=num_classes, **args)
+        if type(model).__name__ == "CrossFormer":
+            load_official_state_dict(model, raw)
+        else:
+            model.load_state_dict(raw.get("model", raw.get("state_dict", raw)))
     classes = timm.data.ImageNetInfo().label_descriptions() if num_classes == 1000 else None
     return LoadedModel(
         model=model.eval(),
@@ -173,6 +202,7 @@ def load_foreign(
         config=None,
         source=str(path),
         kind="converted" if path.suffix == ".safetensors" else "official",
+        model_args=dict(args),
     )
 
 

@@ -197,15 +197,6 @@ class TimmBackbone(nn.Module):
         return outs
 
 
-#: The ImageNet-head keys of each companion family's classification files, which its dense trunk does not have
-#: (timm's ``features_only`` prunes SOFT's head and final norm, CMT's conv head; HRFormer's filter drops its head).
-_FAMILY_HEAD_KEYS: dict[str, tuple[str, ...]] = {
-    "soft": ("head.", "norm."),
-    "cmt": ("head.", "_fc.", "_bn."),
-    "hrformer": (),
-}
-
-
 def companion_family(name: str) -> str | None:
     """``"hrformer"`` / ``"soft"`` / ``"cmt"`` when ``name`` is a variant of that companion family, else None."""
     from ...models.cmt import CMT_VARIANTS
@@ -218,39 +209,34 @@ def companion_family(name: str) -> str | None:
 
 
 def load_family_weights(
-    model: nn.Module, weights: str | os.PathLike | Mapping[str, Any], family: str, *, trusted: bool = False
+    model: nn.Module,
+    weights: str | os.PathLike | Mapping[str, Any],
+    variant: str,
+    *,
+    trusted: bool = False,
 ) -> None:
-    """Load an official file of a companion family into its dense trunk ``model`` (the family's model class).
+    """Load an official file of a companion family into ``model``, its dense trunk (the family's model class).
 
-    The file (a path or an already read checkpoint) is unwrapped and renamed by the family's
-    ``checkpoint_filter_fn`` (CMT's position biases are resized to ``model``'s construction size there); the ImageNet
-    head's keys (:data:`_FAMILY_HEAD_KEYS`) are dropped and every other key must fit.
+    The reading, unwrapping, renaming by the family's ``checkpoint_filter_fn`` (CMT's position biases resized to
+    ``model``'s construction size, HRFormer's bias tables to its window), dropping of the ImageNet head's entries and
+    the check of every key and shape are :func:`~crossformer_vision.models.family_weights.family_state_dict`'s (the
+    one reader of these files, shared with ``crossformer convert`` and ``crossformer eval / predict``).
+
+    Args:
+        model: The trunk: :class:`~crossformer_vision.models.hrformer.HRFormerBackbone`, or the SOFT / CMT model
+            inside timm's ``features_only`` wrapper.
+        weights: A path (untrusted: read with the allow-list) or an already read checkpoint.
+        variant: The variant ``model`` was built as (``soft_tiny``, ``cmt_s``, ``hrformer_b`` ...), named in errors.
+        trusted: Unpickle ``weights`` without the allow-list (only for files you trust).
 
     Raises:
-        ValueError: missing, unexpected or mis-shaped keys (one line, naming a few).
+        ValueError: one line: the missing, unexpected or mis-shaped keys (a few named) and which family the file
+            looks like.
     """
-    from ...models import cmt, hrformer, soft
+    from ...models.family_weights import family_state_dict
 
-    filter_fn = {"soft": soft, "cmt": cmt, "hrformer": hrformer}[family].checkpoint_filter_fn
-    if isinstance(weights, (str, os.PathLike)):
-        from ...models.io import read_checkpoint
-
-        where, state = os.fspath(weights), read_checkpoint(weights, trusted=trusted)
-    elif isinstance(weights, Mapping):
-        where, state = "weights", weights
-    else:
-        raise TypeError(f"weights must be a file path or a state dict, got {type(weights).__name__}")
-    head = _FAMILY_HEAD_KEYS[family]
-    state = {k: v for k, v in filter_fn(dict(state), model).items() if not (head and k.startswith(head))}
-    name = getattr(model, "pretrained_cfg", {}).get("architecture", family)
-    try:
-        missing, unexpected = model.load_state_dict(state, strict=False)
-    except RuntimeError as err:  # size mismatches
-        mismatched = [line.strip() for line in str(err).splitlines() if "size mismatch" in line]
-        raise ValueError(f"{where}: not a {name} file: {'; '.join(mismatched[:2]) or err}") from None
-    if missing or unexpected:
-        raise ValueError(f"{where}: not a {name} file ({len(missing)} missing keys, e.g. {missing[:2]}; "
-                         f"{len(unexpected)} unexpected, e.g. {unexpected[:2]})")  # fmt: skip
+    state = family_state_dict(weights, variant, trusted=trusted, model=model, usage="backbone").state
+    model.load_state_dict(state, strict=True)
 
 
 def build_family_backbone(
@@ -277,7 +263,7 @@ def build_family_backbone(
         name: a variant: ``hrformer_{t,s,b}``, ``soft_{tiny,small,medium,large,huge}``, ``cmt_{ti,xs,s,b}``.
         pretrained: refused: these weights are not on a hub; pass ``weights``.
         weights: an official ImageNet classification file (or one of the family's dense layout), a path or a read
-            state dict, loaded through the family's ``checkpoint_filter_fn`` (see :func:`load_family_weights`).
+            state dict, read, mapped and checked by :func:`load_family_weights`.
         trusted: unpickle ``weights`` without the allow-list (only for files you trust).
         **kwargs: model arguments: ``drop_path_rate``, architecture overrides for tiny test models (``width``,
             ``embed_dims``, ``depths`` ...), and for SOFT / CMT :class:`TimmBackbone`'s ``pad_multiple``.
@@ -303,7 +289,7 @@ def build_family_backbone(
         backbone = TimmBackbone(name, **kwargs)
         model = backbone.body.model  # the family model inside timm's feature wrapper
     if weights is not None:
-        load_family_weights(model, weights, family, trusted=trusted)
+        load_family_weights(model, weights, name, trusted=trusted)
     return backbone
 
 
