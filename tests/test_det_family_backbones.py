@@ -23,13 +23,9 @@ from crossformer_vision.tasks.detection.backbones import (
 )
 from crossformer_vision.tasks.detection.model import parse_detector_name
 from crossformer_vision.tasks.segmentation.backbones import build_backbone
+from family_tiny import family_tiny
 
-# the tiny configurations of tests/test_families.py and tests/test_hrformer.py
-TINY = {
-    "soft_tiny": dict(embed_dims=(16, 32, 48, 64), num_heads=(1, 2, 3, 4), depths=(1, 1, 1, 1)),
-    "cmt_ti": dict(embed_dims=(16, 32, 48, 64), stem_channel=8, depths=(1, 1, 1, 1), fc_dim=32, img_size=64),
-    "hrformer_t": dict(width=4, num_heads=(1, 1, 2, 2), num_modules=(1, 1, 1), window_size=3),
-}
+TINY = {name: family_tiny(name) for name in ("soft_tiny", "cmt_ti", "hrformer_t")}
 NAMES = list(TINY)
 
 
