@@ -15,7 +15,7 @@ from .options import add_output_dir, add_task_commands, require_some_readable, r
 from .options import console as make_console
 
 _CHECKPOINT = "run directory, checkpoints/step-* folder or .safetensors of a multilabel run"
-#: ``multilabel demo --quick``: a one-minute smoke run.
+#: ``multilabel demo --quick``: a smoke run of a few seconds.
 QUICK = ["sched.epochs=1", "sched.warmup_epochs=0.2", "data.demo_train=512", "data.demo_val=200"]
 _METRICS = ("mAP", "CF1", "OF1", "CF1_top3", "OF1_top3")
 
@@ -32,7 +32,7 @@ def add_args(p: argparse.ArgumentParser) -> None:
     pred.add_argument("--maps", action="store_true", help="draw each predicted label's class map over the image")
     demo = parsers["demo"]
     add_output_dir(demo, "runs/multilabel_demo", "where the runs and pictures go (must not hold runs)")
-    demo.add_argument("--quick", action="store_true", help="a one-minute smoke run (1 epoch on 512 scenes)")
+    demo.add_argument("--quick", action="store_true", help="a smoke run of a few seconds (1 epoch on 512 scenes)")
     demo.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides of the demo preset")
 
 
