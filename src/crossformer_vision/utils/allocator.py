@@ -8,9 +8,9 @@ largest pass plus fragmentation.
 
 It trades memory for time: inference gets faster for some more peak RSS, training only a little faster for a
 larger rise in peak RSS (the numbers: docs/benchmarks.md, "The allocator"). So the ``crossformer`` CLI turns it on
-for its inference commands (``eval``, ``predict``, ``explain``, ``seg|det|multilabel eval|predict``) and leaves it off for
-training; ``CROSSFORMER_KEEP_FREED_MEMORY=1`` turns it on for every command, ``=0`` for none. In your own script,
-call :func:`keep_freed_memory` yourself, early.
+for its inference commands (``eval``, ``predict``, ``explain``, ``seg|det|multilabel eval|predict``) and leaves it
+off for training; ``CROSSFORMER_KEEP_FREED_MEMORY=1`` turns it on for every command, ``=0`` for none. In your own
+script, call :func:`keep_freed_memory` yourself, early.
 
 For training, a different allocator does better than either: gperftools' tcmalloc caches freed memory itself,
 without glibc's fragmentation. Where it is installed (Debian/Ubuntu: ``apt install libtcmalloc-minimal4``), the CLI's
