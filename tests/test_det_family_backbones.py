@@ -29,12 +29,7 @@ TINY = {name: family_tiny(name) for name in ("soft_tiny", "cmt_ti", "hrformer_t"
 NAMES = list(TINY)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.mark.parametrize("name", NAMES)

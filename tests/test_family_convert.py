@@ -153,15 +153,6 @@ def test_hrformer_file_of_another_window(tmp_path, capsys):
     assert "holds a dense hrformer_t trunk" in capsys.readouterr().err
 
 
-@pytest.fixture
-def one_thread():
-    """Two shared CPU cores: one thread builds and runs the full-size model several times faster."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_eval_and_predict_read_official_family_files_through_the_family_filter(tmp_path, capsys, one_thread):
     """``crossformer eval / predict --checkpoint official.pth`` (``load_foreign``) reads a family's official file the
     way ``crossformer convert --variant`` does: derived buffers and wrappers filtered, every key checked, the head's

@@ -28,13 +28,7 @@ V1_TINY = dict(embed_dim=16, depths=(2, 2, 2, 2), num_heads=(1, 2, 2, 4))
 PP_TINY = dict(embed_dim=16, depths=(2, 2, 4, 2), num_heads=(1, 2, 2, 4))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run several times faster on one thread than on two busy shared cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def redraw_(model: nn.Module, seed: int = 0) -> nn.Module:

@@ -29,14 +29,7 @@ WIDTHS = dict(embed_dim=32, num_heads=(1, 2, 4, 8))
 FX_TRACER = dict(leaf_modules=get_notrace_modules(), autowrap_functions=get_notrace_functions())
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread for these tiny models: on shared cores, more threads mostly wait for each other (tens of
-    times slower under load)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def tiny(name: str) -> dict:
