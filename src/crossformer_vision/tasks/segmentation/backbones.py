@@ -198,14 +198,12 @@ class TimmBackbone(nn.Module):
 
 
 def companion_family(name: str) -> str | None:
-    """``"hrformer"`` / ``"soft"`` / ``"cmt"`` when ``name`` is a variant of that companion family, else None."""
-    from ...models.cmt import CMT_VARIANTS
-    from ...models.soft import SOFT_VARIANTS
+    """``"hrformer"`` / ``"soft"`` / ``"cmt"`` when ``name`` is a variant of a companion family that gives a pyramid
+    (AugViT, a plain ViT, does not), else None."""
+    from ...models.family_weights import family_of
 
-    for family, variants in (("hrformer", HRFORMER_VARIANTS), ("soft", SOFT_VARIANTS), ("cmt", CMT_VARIANTS)):
-        if name in variants:
-            return family
-    return None
+    family = family_of(name)
+    return family if family in ("hrformer", "soft", "cmt") else None
 
 
 def load_family_weights(
