@@ -24,7 +24,7 @@ LDA_RULES = ("fixed_group", "fixed_interval")
 QUICK = ["sched.iters=20", "sched.warmup_iters=5", "eval.every=0", "train.log_every=5"]
 
 
-_CHECKPOINT = "run directory, checkpoints/step-* folder, .safetensors (run or converted), or an mmseg .pth"
+_CHECKPOINT = "run directory, checkpoints/step-* folder, .safetensors (run or converted), an mmseg or HRFormer OCR .pth"
 
 
 def _test_time(p: argparse.ArgumentParser) -> None:
@@ -143,11 +143,12 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _convert(args: argparse.Namespace) -> int:
-    """official mmseg UPerNet / Semantic FPN checkpoint -> safetensors (checked by building the model)"""
+    """official mmseg UPerNet / Semantic FPN or HRFormer OCR checkpoint -> safetensors (checked by building it)"""
     from ..tasks.segmentation.convert import convert_mmseg
 
     meta = convert_mmseg(args.src, args.dst, lda_rule=args.lda_rule, trusted=args.trust_checkpoint)
-    print(f"wrote {args.dst}: {meta['model']}, {meta['num_classes']} classes, LDA rule {meta['lda_rule']}")
+    detail = f"LDA rule {meta['lda_rule']}" if "lda_rule" in meta else f"window {meta.get('window_size')}"
+    print(f"wrote {args.dst}: {meta['model']}, {meta['num_classes']} classes, {detail}")
     return 0
 
 

@@ -325,6 +325,20 @@ def segmentor_from_mmseg(
     return model.eval()
 
 
+def _ocr_state_dict(checkpoint: Any) -> dict[str, torch.Tensor] | None:
+    """The ``module.``-stripped tensors of ``checkpoint`` (``{'state_dict': ...}`` or bare) if they are an HRFormer
+    OCR state dict (official openseg or converted layout, see :func:`~.ocr.ocr_layout`), else None."""
+    from .ocr import ocr_layout
+
+    if not isinstance(checkpoint, Mapping):
+        return None
+    inner = checkpoint.get("state_dict", checkpoint)
+    if not isinstance(inner, Mapping):
+        return None
+    sd = {k.removeprefix("module."): v for k, v in inner.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
+    return sd if ocr_layout(sd) is not None else None
+
+
 def load_mmseg_checkpoint(
     path: str | os.PathLike,
     *,
@@ -333,31 +347,49 @@ def load_mmseg_checkpoint(
     trusted: bool = False,
     **kwargs: Any,
 ) -> Segmentor:
-    """Read an official mmseg checkpoint file (no pickled code runs unless ``trusted``) and build the model.
+    """Read an official segmentation checkpoint file (no pickled code runs unless ``trusted``) and build the model.
+
+    mmseg CrossFormer layouts go to :func:`segmentor_from_mmseg`; an HRFormer OCR state dict (the official openseg
+    ``HRT_*_OCR_V2`` files, or a ``crossformer seg convert`` file of one) to :func:`~.ocr.segmentor_from_ocr`.
 
     Args:
-        path: ``.pth`` file (mmcv / mmengine checkpoint) or ``.safetensors`` state dict.
-        lda_rule: Override of the LDA rule (see :func:`segmentor_from_mmseg`).
+        path: ``.pth`` file (mmcv / mmengine / openseg checkpoint) or ``.safetensors`` state dict.
+        lda_rule: Override of the LDA rule (see :func:`segmentor_from_mmseg`; refused for HRFormer files).
         aux: Auxiliary-head policy (see :func:`segmentor_from_mmseg`).
         trusted: Unpickle without the allow-list (only for files whose origin you trust).
         **kwargs: :func:`segmentor_from_mmseg` options (``pool_scales``, ``size_divisor``).
     """
     from ...models.io import read_checkpoint
+    from .ocr import segmentor_from_ocr
 
-    return segmentor_from_mmseg(read_checkpoint(path, trusted=trusted), lda_rule=lda_rule, aux=aux, **kwargs)
+    checkpoint = read_checkpoint(path, trusted=trusted)
+    ocr = _ocr_state_dict(checkpoint)
+    if ocr is None:
+        return segmentor_from_mmseg(checkpoint, lda_rule=lda_rule, aux=aux, **kwargs)
+    if lda_rule is not None:
+        raise ValueError(f"--lda-rule applies to CrossFormer checkpoints; {Path(path).name} is an HRFormer OCR model")
+    classes, palette = _meta_classes(checkpoint.get("meta") if isinstance(checkpoint.get("meta"), Mapping) else {})
+    model = segmentor_from_ocr(ocr)
+    if classes is not None and len(classes) == model.num_classes:
+        model.class_names, model.palette = classes, palette
+    model.lda_rule = None
+    return model
 
 
 def convert_mmseg(
     src: str | os.PathLike, dst: str | os.PathLike, *, lda_rule: str | None = None, trusted: bool = False
 ) -> dict[str, str]:
-    """An official mmseg checkpoint -> a safetensors file that ``crossformer seg eval / predict`` load.
+    """An official mmseg or HRFormer OCR checkpoint -> a safetensors file that ``crossformer seg eval / predict`` load.
 
     The model is built and loaded first (every key checked), so a file that is written also loads. Keys keep the
-    mmseg layout; the metadata records the model, the LDA rule, the class names and palette.
+    mmseg layout (HRFormer OCR: this package's ``ocr_hrformer_*`` layout, ``kind`` :data:`~.ocr.OCR_KIND`, plus the
+    ``window_size``); the metadata records the model, the LDA rule, the class names and palette.
 
     Returns:
         The metadata written.
     """
+    from .ocr import OCR_KIND
+
     dst = output_file(dst)
     model = load_mmseg_checkpoint(src, lda_rule=lda_rule, trusted=trusted)
     meta = {
@@ -369,6 +401,9 @@ def convert_mmseg(
         "num_classes": str(model.num_classes),
         "source": Path(src).name,
     }
+    if getattr(model, "window_size", None) is not None:  # HRFormer OCR: no LDA; the window its bias tables give
+        del meta["lda_rule"]
+        meta.update(kind=OCR_KIND, window_size=str(model.window_size))
     if model.class_names is not None:  # no entry when the checkpoint has no class names (never "null")
         meta["classes"] = json.dumps(model.class_names)
     if model.palette:

@@ -465,16 +465,27 @@ def palette_of(model: Segmentor) -> Any:
 
 
 def load_foreign(path: Any, *, trusted: bool = False, lda_rule: str | None = None, **_: Any) -> Any:
-    """An official mmseg checkpoint (``.pth``) or a ``crossformer seg convert`` file (mmseg layout)."""
+    """An official checkpoint (``.pth``: mmseg UPerNet / Semantic FPN, or HRFormer's openseg OCR) or a ``crossformer
+    seg convert`` file of one. A converted HRFormer OCR file (``kind`` ``hrformer_ocr``) is rebuilt from its tensors
+    and must agree with its metadata's ``model`` and ``window_size``."""
     from pathlib import Path
 
     from ...engine.loading import LoadedModel
     from ...models.io import read_safetensors_header
     from .convert import load_mmseg_checkpoint
+    from .ocr import OCR_KIND
 
     path = Path(path)
     meta = read_safetensors_header(path)[0] if path.suffix == ".safetensors" else {}
     model = load_mmseg_checkpoint(path, lda_rule=lda_rule or meta.get("lda_rule") or None, trusted=trusted)
+    if meta.get("kind") == OCR_KIND:
+        said = (meta.get("model"), meta.get("window_size"))
+        found = (getattr(model, "name", None), str(getattr(model, "window_size", None)))
+        if said != found:
+            raise ValueError(
+                f"{path}: metadata says model {said[0]} with window {said[1]} but the weights are "
+                f"{found[0]} with window {found[1]} (the file was edited); convert the official file again"
+            )
     import json
 
     try:

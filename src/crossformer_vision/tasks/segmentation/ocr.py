@@ -22,6 +22,8 @@ BatchNorms' running means (exact in eval mode, irrelevant in train mode where BN
 
 from __future__ import annotations
 
+import math
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -33,13 +35,17 @@ from .heads import ConvModule, FCNHead, _DecodeHead
 from .model import IGNORE_INDEX, Segmentor, segmentation_loss
 
 __all__ = [
+    "OCR_KIND",
     "CascadeSegmentor",
     "OCRHead",
     "ObjectAttentionBlock",
     "SpatialGatherModule",
     "convert_official_ocr",
+    "describe_ocr_state_dict",
+    "ocr_layout",
     "ocrnet",
     "ohem_cross_entropy",
+    "segmentor_from_ocr",
 ]
 
 
@@ -339,8 +345,137 @@ def convert_official_ocr(state_dict: Mapping[str, torch.Tensor]) -> dict[str, to
                 out[f"{new_bn}.{field}"] = sd[f"{bn}.{field}"]
         if f"{conv}.bias" in sd:
             out[f"{new_bn}.running_mean"] = out[f"{new_bn}.running_mean"] - sd[f"{conv}.bias"]
+    for key in ("aux_head.2.weight", "aux_head.2.bias", "cls_head.weight", "cls_head.bias"):
+        if key not in sd:
+            raise KeyError(f"not an official HRFormer OCR checkpoint: {key} is missing")
     out["decode_head.0.conv_seg.weight"] = sd["aux_head.2.weight"]
     out["decode_head.0.conv_seg.bias"] = sd["aux_head.2.bias"]
     out["decode_head.1.conv_seg.weight"] = sd["cls_head.weight"]
     out["decode_head.1.conv_seg.bias"] = sd["cls_head.bias"]
     return out
+
+
+#: ``safetensors`` metadata ``kind`` of a converted official HRFormer OCR checkpoint (this package's OCR layout).
+OCR_KIND = "hrformer_ocr"
+_OURS_MARKER = "decode_head.1.object_context_block."
+_BIAS_TABLE = re.compile(r"backbone\.stage(\d)\.(\d+)\.branches\.(\d+)\.\d+\.attn\.attn\.relative_position_bias_table$")
+
+
+def ocr_layout(state_dict: Mapping[str, Any]) -> str | None:
+    """Which OCR layout a (``module.``-stripped) state dict has: ``"official"`` (openseg ``HRT_*_OCR_V2``: top-level
+    ``ocr_distri_head.*`` / ``cls_head.*``), ``"ours"`` (``decode_head.1.object_context_block.*``) or None."""
+    if any(k.startswith("ocr_distri_head.") for k in state_dict):
+        return "official"
+    if any(k.startswith(_OURS_MARKER) for k in state_dict):
+        return "ours"
+    return None
+
+
+def describe_ocr_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict[str, Any]:
+    """The ``ocr_hrformer_*`` model an OCR state dict in this package's layout holds, read from the tensor shapes.
+
+    * variant: the stride-4 branch width ``C`` (``backbone.transition1.0.0.weight`` ``[C, 256, 3, 3]``), then the
+      heads per branch (bias tables ``[(2w-1)^2, heads]``) and modules per stage (``backbone.stage{2,3,4}.<m>.*``)
+      checked against :data:`~crossformer_vision.models.hrformer.HRFORMER_VARIANTS`;
+    * window size ``w``: every bias table has ``(2w-1)^2`` rows (one ``w`` for the whole backbone);
+    * classes: rows of ``decode_head.1.conv_seg.weight`` ``[K, 512, 1, 1]``.
+
+    Returns:
+        ``{"name": "ocr_hrformer_s", "variant", "window_size", "num_classes"}``.
+
+    Raises:
+        ValueError: One line naming the missing key or the shape that fits no variant.
+    """
+    from ...models.hrformer import HRFORMER_VARIANTS
+
+    for key in ("backbone.transition1.0.0.weight", "decode_head.1.conv_seg.weight"):
+        if key not in state_dict:
+            raise ValueError(f"not an HRFormer OCR checkpoint: {key} is missing")
+    width = int(state_dict["backbone.transition1.0.0.weight"].shape[0])
+    rows: set[int] = set()
+    heads: dict[int, int] = {}
+    modules = {2: set(), 3: set(), 4: set()}
+    for key, value in state_dict.items():
+        if match := _BIAS_TABLE.match(key):
+            stage, module, branch = (int(g) for g in match.groups())
+            rows.add(int(value.shape[0]))
+            heads[branch] = int(value.shape[-1])
+            modules.setdefault(stage, set()).add(module)
+    if not rows:
+        raise ValueError(
+            "an OCR checkpoint without relative_position_bias_table tensors: only HRFormer OCR models are read"
+        )
+    if len(rows) != 1:
+        raise ValueError(f"HRFormer OCR checkpoint: expected one bias table size, got {sorted(rows) or 'no'} rows")
+    (n,) = rows
+    side = math.isqrt(n)
+    if side * side != n or side % 2 == 0:
+        raise ValueError(f"HRFormer OCR checkpoint: bias tables of {n} rows are not (2w-1)^2 for a window w")
+    found = dict(width=width, num_heads=tuple(heads[i] for i in sorted(heads)),
+                 num_modules=tuple(len(modules[s]) for s in (2, 3, 4)))  # fmt: skip
+    variant = next((v for v, a in HRFORMER_VARIANTS.items() if a["width"] == width), None)
+    if variant is None:
+        widths = {v: a["width"] for v, a in HRFORMER_VARIANTS.items()}
+        raise ValueError(f"HRFormer OCR checkpoint: stride-4 branch width {width} fits no variant {widths}")
+    want = {k: tuple(v) if isinstance(v, (list, tuple)) else v for k, v in HRFORMER_VARIANTS[variant].items()}
+    differ = [f"{k} {found[k]} (expected {want[k]})" for k in found if found[k] != want[k]]
+    if differ:
+        raise ValueError(f"HRFormer OCR checkpoint of width {width} is not {variant}: {', '.join(differ)}")
+    return dict(
+        name=f"ocr_{variant}",
+        variant=variant,
+        window_size=(side + 1) // 2,
+        num_classes=int(state_dict["decode_head.1.conv_seg.weight"].shape[0]),
+    )
+
+
+def segmentor_from_ocr(
+    state_dict: Mapping[str, Any],
+    *,
+    class_names: Sequence[str] | None = None,
+    palette: Sequence[Sequence[int]] | None = None,
+) -> CascadeSegmentor:
+    """An ``ocr_hrformer_{t,s,b}`` built from and loaded with an OCR state dict, official or converted layout.
+
+    Args:
+        state_dict: ``module.``-stripped tensors: an official openseg ``HRT_*_OCR_V2`` state dict (mapped with
+            :func:`convert_official_ocr`) or this package's OCR layout (a ``crossformer seg convert`` file).
+        class_names: ``K`` names or None (official files carry none).
+        palette: ``[K, 3]`` colours or None.
+
+    Returns:
+        The model in eval mode, ``model.window_size`` set. Every key is checked: shape mismatches, missing or
+        unexpected keys raise one ``ValueError`` line (only ``num_batches_tracked``, which official files may lack,
+        is taken from the model).
+    """
+    sd = {k: v for k, v in state_dict.items() if isinstance(v, torch.Tensor)}
+    if ocr_layout(sd) == "official":
+        try:
+            sd = convert_official_ocr(sd)
+        except KeyError as err:
+            raise ValueError(err.args[0]) from None
+    sd = {k: v for k, v in sd.items() if not k.endswith("relative_position_index")}
+    info = describe_ocr_state_dict(sd)
+    from .model import build_segmentor
+
+    model = build_segmentor(
+        info["name"], num_classes=info["num_classes"], backbone_kwargs={"window_size": info["window_size"]},
+        class_names=class_names, palette=palette,
+    )  # fmt: skip
+    own = model.state_dict()
+    mismatched = [f"{k} {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+                  for k, v in sd.items() if k in own and v.shape != own[k].shape]  # fmt: skip
+    missing = [k for k in own if k not in sd and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in sd if k not in own]
+    if mismatched or missing or unexpected:
+        raise ValueError(
+            f"the HRFormer OCR checkpoint does not fit {info['name']} (window {info['window_size']}): "
+            + "; ".join(
+                f"{label}: {items[:4]}{f' ... ({len(items)} in all)' if len(items) > 4 else ''}"
+                for label, items in (("shape mismatch", mismatched), ("missing", missing), ("unexpected", unexpected))
+                if items
+            )
+        )
+    model.load_state_dict({**{k: v for k, v in own.items() if k.endswith("num_batches_tracked")}, **sd})
+    model.window_size = info["window_size"]
+    return model.eval()
