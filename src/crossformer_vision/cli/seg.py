@@ -168,10 +168,10 @@ def _demo(args: argparse.Namespace) -> int:
     console = make_console()
     train_set, val_set, classes = build_datasets(cfg)
     assert train_set is not None
-    bk = cfg["model"]["backbone"]["kwargs"]
-    width = bk.get("embed_dim", bk.get("embed_dims"))  # SOFT / CMT backbones take per-stage embed_dims
+    # the backbone's size arguments, whatever the family calls them (embed_dim, embed_dims, width, depths, ...)
+    sizes = ", ".join(f"{k} {v}" for k, v in cfg["model"]["backbone"]["kwargs"].items()) or "the variant's sizes"
     console.rule(
-        f"[bold]{cfg['model']['name']}[/] (embed_dim {width}, depths {bk.get('depths')}): "
+        f"[bold]{cfg['model']['name']}[/] ({sizes}): "
         f"{cfg['sched']['iters']} iterations x {cfg['train']['global_batch_size']} crops of {cfg['data']['crop_size']} "
         f"on {len(train_set)} embedded images, {len(classes)} classes"
     )
@@ -183,7 +183,9 @@ def _demo(args: argparse.Namespace) -> int:
     table = Table(title=f"seg_demo validation set ({m['num_images']} images of 128 x 128), percent")
     for col in ("predictor", "mIoU", "mAcc", "aAcc"):
         table.add_column(col, justify="left" if col == "predictor" else "right")
-    table.add_row(f"UPerNet, {result['steps']} iterations", *(f"{m[k]:.2f}" for k in ("mIoU", "mAcc", "aAcc")))
+    head = {"upernet": "UPerNet", "semfpn": "Semantic FPN", "ocr": "OCRNet"}.get(cfg["model"]["name"].split("_")[0])
+    label = f"{head or cfg['model']['name']}, {result['steps']} iterations"
+    table.add_row(label, *(f"{m[k]:.2f}" for k in ("mIoU", "mAcc", "aAcc")))
     table.add_row(f"trivial: '{baseline['class']}' everywhere", *(f"{b[k]:.2f}" for k in ("mIoU", "mAcc", "aAcc")))
     console.print(result["table"])
     console.print(table)
