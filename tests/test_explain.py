@@ -208,9 +208,15 @@ def test_multilabel_wrapper_explains_its_backbone():
     tr = trace(net, x)
     with torch.no_grad():
         torch.testing.assert_close(tr.logits, net(x), atol=1e-5, rtol=1e-5)
-    for method in ("relevance", "rollout", "attention", "gradcam"):
+    for method in ("relevance", "relevance_head", "rollout", "attention", "gradcam"):
         maps = explain(net, x, [2, 7], method)
         assert maps.shape == (2, 64, 64) and torch.isfinite(maps).all()
+    # relevance_head's seed: the positive part of CSRA's per-token split of the target's logit, normalised
+    shares = tr.logit_shares()
+    torch.testing.assert_close(shares.sum(2), tr.logits, atol=1e-5, rtol=1e-5)
+    seed = tr.seed(torch.tensor([2, 7]))
+    expected = shares[[0, 1], [2, 7]].detach().clamp(min=0)
+    torch.testing.assert_close(seed, expected / expected.sum(1, keepdim=True).clamp(min=1e-12))  # all <= 0: zero
 
 
 def test_pointing_game_and_energy_by_hand():
@@ -275,9 +281,10 @@ def test_plain_multilabel_head_splits_its_logit_over_the_tokens():
         net = MultiLabelNet(backbone, num_classes=10, head="avg").eval()
         x = torch.randn(2, 3, size, size)
         tr = trace(net, x)
-        # the plain head's logit is the mean of w_c . f_i over the recorded tokens plus the bias
-        logits = tr.features @ tr.head_weight.T
-        torch.testing.assert_close(logits.mean(1) + net.head.fc.bias, tr.logits, atol=1e-5, rtol=1e-5)
+        # the plain head's logit is the sum of the recorded tokens' shares w_c . f_i / N plus the bias
+        shares = tr.logit_shares()
+        assert shares.shape == (2, 10, tr.stages[-1].num_tokens - tr.stages[-1].prefix)
+        torch.testing.assert_close(shares.sum(2) + net.head.fc.bias, tr.logits, atol=1e-5, rtol=1e-5)
         assert tr.seed(torch.tensor([1, 2])).shape[1] == tr.stages[-1].num_tokens
         maps = explain(net, x, [1, 2], "relevance_head")
         assert maps.shape == (2, size, size) and torch.isfinite(maps).all()

@@ -50,6 +50,29 @@ def test_csra_matches_the_formula_by_hand():
     assert TEMPERATURES[4][-1] == math.inf and TEMPERATURES[8] == (1, 2, 3, 4, 5, 6, 7, math.inf)
 
 
+def test_token_logit_shares_sum_to_the_logits():
+    from crossformer_vision.tasks.multilabel.heads import AvgPoolHead
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 6, 3, 4)
+    plain = AvgPoolHead(6, 5).eval()
+    shares = plain.token_logit_shares(x)
+    assert shares.shape == (2, 5, 3, 4)
+    torch.testing.assert_close(shares.sum((2, 3)), plain(x) - plain.fc.bias, atol=1e-6, rtol=1e-6)
+    for num_heads in (1, 2, 4):  # 2 and 4 heads include T = inf (the max: one-hot attention at the argmax)
+        head = CSRAHead(6, 5, num_heads=num_heads, lam=0.3).eval()
+        shares = head.token_logit_shares(x)
+        assert shares.shape == (2, 5, 3, 4)
+        torch.testing.assert_close(shares.sum((2, 3)), head(x), atol=1e-6, rtol=1e-6)
+    # by hand, 1 head at T = 1: position j's share is s_j (1/2 + lambda softmax_j(s)) for the scores 0.6, 0.8
+    w1, w2 = 1 / (1 + E02), E02 / (1 + E02)
+    expected = [0.6 * (0.5 + 0.5 * w1), 0.8 * (0.5 + 0.5 * w2)]
+    assert _head(1, 0.5).token_logit_shares(FEATURES).flatten().tolist() == pytest.approx(expected, abs=1e-6)
+    # 2 heads (T = 1 and T = inf): the max-pooled head adds lambda * 0.8 to position 2 only
+    expected = [expected[0] + 0.6 * 0.5, expected[1] + 0.8 * (0.5 + 0.5)]
+    assert _head(2, 0.5).token_logit_shares(FEATURES).flatten().tolist() == pytest.approx(expected, abs=1e-6)
+
+
 def test_csra_is_scale_free_in_the_classifier_and_refuses_unknown_head_counts():
     head = _head(1, 0.3)
     before = head(FEATURES)

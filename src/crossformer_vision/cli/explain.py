@@ -62,7 +62,7 @@ def add_args(p: argparse.ArgumentParser) -> None:
         type=_methods,
         default=None,
         help="comma-separated methods: relevance, relevance_head, rollout, attention, gradcam, random "
-        f"(default: {','.join(DEFAULT_IMAGE_METHODS)} for images, all for eval but relevance_head on a CSRA head)",
+        f"(default: {','.join(DEFAULT_IMAGE_METHODS)} for images, all for eval)",
     )
     p.add_argument("--target", default=None, help="class to explain (name or index; default: the predicted class)")
     p.add_argument("--topk", type=_positive, default=5, help="top classes in the JSON")
@@ -219,9 +219,6 @@ def _eval(args: argparse.Namespace) -> int:
 
     loaded = _load(args)
     methods = args.method or METHODS
-    if args.method is None and getattr(loaded.model, "head_name", "avg") != "avg":
-        # a CSRA head's class-specific attention pooling is no linear read-out of the tokens: no relevance_head
-        methods = tuple(m for m in methods if m != "relevance_head")
     if loaded.task == "multilabel":  # the scenes it was trained on: every test on their (scene, class) pairs
         dcfg, scenes = _multilabel_inputs(loaded)
         limit = args.scenes or args.limit

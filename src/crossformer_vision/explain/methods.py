@@ -10,10 +10,14 @@ Methods (all give ``[B, H, W]`` float maps, larger = more relevant):
   Swin have no CLS token but an average-pooled head: their map is the *pooled-token formulation*, the mean of ``R``'s
   rows, minus the identity path (what the map would be if every ``Ā`` were zero: the architecture's own spread of a
   uniform map), just as the CLS row of the identity is zero on the patch tokens.
-* ``relevance_head``: the same propagation seeded, for pooled heads, with each output token's share of the class
-  logit instead of the plain mean (an average-pooled linear head's logit is exactly ``sum_i w_c . f_i / N + b_c``;
-  the seed is ``relu(w_c . f_i)``, the CAM of the last stage), and without removing the identity path, since the seed
-  is itself class evidence. Identical to ``relevance`` for CLS-token models.
+* ``relevance_head``: the same propagation seeded, for pooled heads, with the positive part of each output token's
+  share of the class logit instead of the plain mean (:meth:`.Trace.logit_shares`), and without removing the
+  identity path, since the seed is itself class evidence. An average-pooled linear head's logit is exactly
+  ``sum_i w_c . f_i / N + b_c``: the seed is ``relu(w_c . f_i)``, the CAM of the last stage. A multi-label CSRA
+  head's logit is exactly ``sum_j sum_heads s_cj (1/N + lambda a_cj)`` (``s`` the weight-norm divided class scores,
+  ``a`` the attention weights ``softmax_j(T s_cj)``, one-hot at the argmax for T = inf): the seed is
+  ``relu(sum_heads s_cj (1/N + lambda a_cj))``, the attention weights read as pooling weights as ``1/N`` is.
+  Identical to ``relevance`` for CLS-token models.
 * ``rollout`` (Abnar & Zuidema 2020): ``R <- (0.5 I + 0.5 A_mean) R``, composed the same way.
 * ``attention``: the head-mean attention of the last block whose groups hold more than one token (ViT: its CLS row;
   pooled models: the mean of its rows), spread to pixels without further attention.

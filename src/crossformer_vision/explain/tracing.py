@@ -35,8 +35,12 @@ class Trace:
         image_size: (H, W) of the input.
         pooled: The head averages the last stage's tokens (CrossFormer, Swin, ViT with ``global_pool="avg"``);
             otherwise it reads the first prefix token (ViT / DeiT's CLS token).
-        features: The normalised last-stage tokens the pooled head averages [B, N, C] (pooled CrossFormer / Swin).
-        head_weight: The linear classifier's weight [classes, C] reading them.
+        features: The map the pooled head reads [B, C, h, w] (the normalised last-stage tokens of CrossFormer /
+            Swin; a multi-label wrapper's head input); its positions in row-major order are the last stage's tokens
+            after the prefix.
+        token_shares: The head's split of its logits over those positions, ``[B, C, h, w] -> [B, classes, h, w]``
+            (summed over the positions: the logits minus the bias): a linear classifier's ``w_c . f_i / N``, or a
+            multi-label head's ``token_logit_shares`` (plain or CSRA). None: the head cannot be split.
     """
 
     logits: torch.Tensor
@@ -44,7 +48,7 @@ class Trace:
     image_size: tuple[int, int]
     pooled: bool
     features: torch.Tensor | None = None
-    head_weight: torch.Tensor | None = None
+    token_shares: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     def blocks(self) -> Iterator[BlockTrace]:
         for stage in self.stages:
@@ -54,22 +58,29 @@ class Trace:
         """The head's read-out as a row vector over the last stage's tokens [B, N]: the CLS token's one-hot row, or
         the mean over the map's tokens (the pooled-token formulation).
 
-        With ``targets`` (pooled heads only): each token's share of the class logit, ``relu(w_c . f_i)``, normalised
-        to sum 1 (an average-pooled linear head's logit is exactly ``sum_i w_c . f_i / N + b_c``).
+        With ``targets`` [B] (pooled heads only): each token's share of the target's logit (:meth:`logit_shares`),
+        its positive part normalised to sum 1. For an average-pooled linear head (logit ``sum_i w_c . f_i / N + b_c``)
+        that is ``relu(w_c . f_i)``; for CSRA ``relu(sum_heads s_ci (1/N + lambda a_ci))``.
         """
         last = self.stages[-1]
         B = self.logits.shape[0]
         seed = self.logits.new_zeros(B, last.num_tokens, dtype=torch.float32)
         if self.pooled and targets is not None:
-            if self.features is None or self.head_weight is None:
-                raise ValueError("this model's head cannot be split over its tokens")
-            share = torch.einsum("bnc,bc->bn", self.features.float(), self.head_weight[targets].float()).clamp(min=0)
+            shares = self.logit_shares()  # [B, classes, N - prefix]
+            share = shares[torch.arange(B, device=shares.device), targets.to(shares.device)].float().clamp(min=0)
             seed[:, last.prefix :] = share / share.sum(1, keepdim=True).clamp(min=1e-12)
         elif self.pooled:
             seed[:, last.prefix :] = 1.0 / (last.num_tokens - last.prefix)
         else:
             seed[:, 0] = 1.0
         return seed
+
+    def logit_shares(self) -> torch.Tensor:
+        """Every token's share of every class logit [B, classes, N - prefix] (the head's ``token_shares`` of
+        ``features``, flattened row-major); ``ValueError`` for heads that cannot be split."""
+        if self.features is None or self.token_shares is None:
+            raise ValueError("this model's head cannot be split over its tokens")
+        return self.token_shares(self.features).flatten(2)
 
 
 def conv_spread(convs: list[nn.Conv2d]) -> Spread:
@@ -112,9 +123,9 @@ def trace(model: nn.Module, images: torch.Tensor) -> Trace:
 
     For a wrapper (:func:`network_of`) the backbone is recorded and the logits are the wrapper's; its head is then
     treated as pooled (the mean over the backbone's last tokens; a multi-label CSRA head adds class-specific attention
-    pooling on top of that mean, which the seed does not model). A plain average-pool head (``head_name == "avg"``
-    with a linear ``fc``) also gives ``features`` (the map it reads as [B, h*w, C]) and ``head_weight``, so that
-    ``relevance_head`` applies.
+    pooling on top of that mean, which the plain pooled seed does not model). A head with ``token_logit_shares`` (the
+    multi-label plain and CSRA heads) also gives ``features`` (the map it reads, [B, C, h, w]) and ``token_shares``
+    (that method), so that ``relevance_head`` seeds with its exact split of the logit over the tokens.
     """
     family = family_of(model)
     net = network_of(model)
@@ -122,12 +133,12 @@ def trace(model: nn.Module, images: torch.Tensor) -> Trace:
         return {"crossformer": _trace_crossformer, "vit": _trace_vit, "swin": _trace_swin}[family](net, images, model)
     with _head_input(model) as read:
         tr = {"crossformer": _trace_crossformer, "vit": _trace_vit, "swin": _trace_swin}[family](net, images, model)
-    tr.pooled, tr.features, tr.head_weight = True, None, None
-    fc = getattr(model.head, "fc", None)
-    if getattr(model, "head_name", None) == "avg" and isinstance(fc, nn.Linear) and read:
-        # the plain multi-label head: the mean of the map it reads [B, C, h, w], then fc; its tokens in row-major
-        # order are the last stage's (ViT: the patch tokens after the prefix), so relevance_head can split the logit
-        tr.features, tr.head_weight = read[-1].flatten(2).transpose(1, 2), fc.weight
+    tr.pooled, tr.features, tr.token_shares = True, None, None
+    shares = getattr(model.head, "token_logit_shares", None)
+    if callable(shares) and read:
+        # the map the head reads [B, C, h, w]: its positions in row-major order are the last stage's tokens (ViT: the
+        # patch tokens after the prefix), so relevance_head can split the logit over them
+        tr.features, tr.token_shares = read[-1], shares
     return tr
 
 
@@ -171,9 +182,13 @@ def _final_tokens(model: nn.Module) -> Iterator[list]:
         hook.remove()
 
 
-def _head_weight(model: nn.Module) -> torch.Tensor | None:
+def _linear_shares(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """An average-pooled linear classifier's split of its logits over the map it pools, ``[B, C, h, w] ->
+    [B, classes, h, w]``: ``w_c . f_i / N`` (None for other heads)."""
     head = model.get_classifier()
-    return head.weight if isinstance(head, nn.Linear) and model.global_pool == "avg" else None
+    if not isinstance(head, nn.Linear) or model.global_pool != "avg":
+        return None
+    return lambda x: torch.einsum("bchw,kc->bkhw", x, head.weight) / (x.shape[2] * x.shape[3])
 
 
 def _trace_crossformer(model: nn.Module, images: torch.Tensor, forward: nn.Module) -> Trace:
@@ -190,8 +205,8 @@ def _trace_crossformer(model: nn.Module, images: torch.Tensor, forward: nn.Modul
                 blocks.append(BlockTrace(layout_token_index(layout, images.device), attn, mix_after=mix))
             reads = model.patch_embed.projs if s == 0 else model.layers[s - 1].downsample.reductions
             stages.append(StageTrace((layout.height, layout.width), 0, blocks, conv_spread(list(reads))))
-    features = final[-1].flatten(1, 2)
-    return Trace(logits, stages, tuple(images.shape[-2:]), True, features, _head_weight(model))
+    features = final[-1].permute(0, 3, 1, 2)  # [B, h, w, C] -> [B, C, h, w]
+    return Trace(logits, stages, tuple(images.shape[-2:]), True, features, _linear_shares(model))
 
 
 # ------------------------------------------------------------------------------------------------------- timm models
@@ -254,5 +269,5 @@ def _trace_swin(model: nn.Module, images: torch.Tensor, forward: nn.Module) -> T
             i += 1
         reads = Spread([(patch, 0, 1.0)], patch) if s == 0 else Spread([(2, 0, 1.0)], 2)
         stages.append(StageTrace(sizes[i - 1], 0, traces, reads))
-    features = final[-1].flatten(1, 2)
-    return Trace(logits, stages, tuple(images.shape[-2:]), True, features, _head_weight(model))
+    features = final[-1].permute(0, 3, 1, 2)  # [B, h, w, C] -> [B, C, h, w]
+    return Trace(logits, stages, tuple(images.shape[-2:]), True, features, _linear_shares(model))

@@ -115,6 +115,27 @@ class CSRAHead(nn.Module):
         pooling weights; the official ``utils/visualize.py`` draws this score map)."""
         return self.class_scores(x)[0]
 
+    def token_logit_shares(self, x: torch.Tensor) -> torch.Tensor:
+        """Each position's share of every class logit, ``[B, C, H, W]`` -> ``[B, K, H, W]``; summed over the
+        positions it is the logits exactly (CSRA has no bias).
+
+        Per head, ``logit_i = sum_j s_ij (1/N + lambda a_ij)`` with ``a_ij = softmax_j(T s_ij)`` (one-hot at the
+        argmax for T = inf), so position ``j``'s share is ``sum_heads s_ij (1/N + lambda a_ij)``: the attention
+        weights ``a_ij`` are read as pooling weights, as the average pool's ``1/N`` is. ``explain``'s
+        ``relevance_head`` seeds its propagation with it.
+        """
+        scores = self.class_scores(x)  # [heads, B, K, H, W]
+        flat = scores.flatten(3)  # [heads, B, K, N]
+        n = flat.shape[-1]
+        shares = torch.zeros_like(flat[0])
+        for s, t in zip(flat, self.temperatures):
+            if math.isinf(t):
+                att = torch.nn.functional.one_hot(s.argmax(dim=2), n).to(s.dtype)
+            else:
+                att = torch.softmax(s * t, dim=2)
+            shares = shares + s * (1.0 / n + self.lam * att)
+        return shares.view(scores.shape[1:])
+
 
 class AvgPoolHead(nn.Module):
     """Global average pooling and a linear classifier with bias: ``[B, C, H, W]`` -> ``[B, K]``."""
@@ -131,3 +152,10 @@ class AvgPoolHead(nn.Module):
     def attention(self, x: torch.Tensor) -> torch.Tensor:
         """Class activation maps ``[B, K, H, W]`` (the linear layer applied at every position, CAM)."""
         return torch.einsum("bchw,kc->bkhw", x, self.fc.weight) + self.fc.bias[None, :, None, None]
+
+    def token_logit_shares(self, x: torch.Tensor) -> torch.Tensor:
+        """Each position's share of every class logit, ``[B, C, H, W]`` -> ``[B, K, H, W]``: ``w_k . x_j / N``
+        (``N = H W``); summed over the positions it is the logits minus the bias (dropout off, as in eval).
+        ``explain``'s ``relevance_head`` seeds its propagation with it."""
+        x = self.drop(x)
+        return torch.einsum("bchw,kc->bkhw", x, self.fc.weight) / (x.shape[2] * x.shape[3])
