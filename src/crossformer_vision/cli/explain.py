@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .options import add_checkpoint, add_json, add_output_dir, console, require_some_readable
+from .options import add_checkpoint, add_json, add_output_dir, console, positive_int, require_some_readable
 
 #: Column names of the eval table.
 SHORT = {
@@ -37,16 +37,6 @@ def _methods(text: str) -> tuple[str, ...]:
     return names
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
 def add_args(p: argparse.ArgumentParser) -> None:
     p.description = (
         "crossformer explain --checkpoint RUN IMAGES... --output-dir DIR: overlays (image | one map per method), "
@@ -65,25 +55,25 @@ def add_args(p: argparse.ArgumentParser) -> None:
         f"(default: {','.join(DEFAULT_IMAGE_METHODS)} for images, all for eval)",
     )
     p.add_argument("--target", default=None, help="class to explain (name or index; default: the predicted class)")
-    p.add_argument("--topk", type=_positive, default=5, help="top classes in the JSON")
+    p.add_argument("--topk", type=positive_int, default=5, help="top classes in the JSON")
     add_output_dir(p, None, "folder for the PNGs, .npy maps and JSON (eval: default runs/explain-eval)")
     add_json(p)
     p.add_argument(
         "--limit",
-        type=_positive,
+        type=positive_int,
         default=500,
         help="eval: Fashion-MNIST test images (class-balanced); multi-label runs: validation scenes",
     )
     p.add_argument(
         "--scenes",
-        type=_positive,
+        type=positive_int,
         default=None,
         help="eval: det_demo val scenes (default: all 100); multi-label runs: validation scenes (default: --limit)",
     )
     p.add_argument(
         "--fill", choices=("black", "mean"), default="black", help="eval: value of removed pixels (default black)"
     )
-    p.add_argument("--batch-size", type=_positive, default=50, help="images per explanation batch")
+    p.add_argument("--batch-size", type=positive_int, default=50, help="images per explanation batch")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -124,23 +114,17 @@ def _target_index(target: str | None, classes: list[str] | None, num_classes: in
 def _images(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
-    from timm.data import create_transform
 
     from ..data.images import image_paths, read_rgb
     from ..explain import explain
     from ..explain.overlay import save_overlay
+    from ..tasks.classification.data import eval_transform
     from ..tasks.classification.model import data_config_of
 
     loaded = _load(args)
     model, classes = loaded.model.eval(), loaded.classes
     dcfg = data_config_of(loaded)
-    transform = create_transform(
-        input_size=tuple(dcfg["input_size"]),
-        crop_pct=dcfg["crop_pct"],
-        interpolation=dcfg["interpolation"],
-        mean=tuple(dcfg["mean"]),
-        std=tuple(dcfg["std"]),
-    )
+    transform = eval_transform(dcfg)
     methods = args.method or DEFAULT_IMAGE_METHODS
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)

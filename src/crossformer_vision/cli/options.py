@@ -18,6 +18,7 @@ __all__ = [
     "add_task_commands",
     "add_train",
     "console",
+    "positive_int",
     "require_some_readable",
     "run_task_command",
     "train_overrides",
@@ -110,3 +111,14 @@ def require_some_readable(results: Sequence[dict[str, Any]]) -> None:
         raise ValueError(
             f"none of the {len(results)} input image(s) could be read (e.g. {failed[0]['image']}: {failed[0]['error']})"
         )
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (``--topk``, ``--batch-size``, ...)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value

@@ -7,18 +7,7 @@ import argparse
 from rich.console import Console
 from rich.table import Table
 
-from .options import add_checkpoint, add_json, require_some_readable
-
-
-def positive_int(text: str) -> int:
-    """argparse type: an integer >= 1 (``--topk``)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
+from .options import add_checkpoint, add_json, positive_int, require_some_readable
 
 
 def add_args(p: argparse.ArgumentParser) -> None:

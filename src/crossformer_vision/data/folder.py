@@ -30,6 +30,7 @@ __all__ = [
     "collate_skipping",
     "image_paths",
     "load_rgb",
+    "read_or_skip",
     "scan_classes",
 ]
 
@@ -44,6 +45,18 @@ class SkippedSample:
 
 #: The reader of every task (:func:`.images.read_rgb`), under its former name.
 load_rgb = read_rgb
+
+
+def read_or_skip(path: str | os.PathLike, transform: Callable | None, on_error: str) -> Any:
+    """A dataset's image: ``transform(read_rgb(path))``, or a :class:`SkippedSample` for an unreadable file
+    (``on_error="skip"``; ``"raise"``: a one-line ``ValueError``)."""
+    try:
+        image = read_rgb(path)
+    except UnreadableImageError as err:
+        if on_error == "raise":
+            raise ValueError(f"cannot read image {path}: {err.reason}") from None
+        return SkippedSample(str(path), err.reason)
+    return transform(image) if transform is not None else image
 
 
 def scan_classes(split_dir: Path) -> list[str]:
@@ -116,13 +129,8 @@ class ImageFolderDataset(Dataset):
 
     def __getitem__(self, index: int) -> tuple[Any, int] | SkippedSample:
         path, label = self.samples[index]
-        try:
-            image = read_rgb(path)
-        except UnreadableImageError as err:
-            if self.on_error == "raise":
-                raise ValueError(f"cannot read image {path}: {err.reason}") from None
-            return SkippedSample(path, err.reason)
-        return (self.transform(image) if self.transform is not None else image), label
+        image = read_or_skip(path, self.transform, self.on_error)
+        return image if isinstance(image, SkippedSample) else (image, label)
 
 
 def collate_skipping(batch: list) -> dict[str, Any]:

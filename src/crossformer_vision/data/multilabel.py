@@ -38,8 +38,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .folder import SkippedSample
-from .images import UnreadableImageError, read_rgb
+from .folder import SkippedSample, read_or_skip
 
 __all__ = [
     "DIFFICULT_CHOICES",
@@ -278,15 +277,8 @@ class MultiLabelImages(Dataset):
         return len(self.found.paths)
 
     def __getitem__(self, index: int) -> tuple[Any, dict[str, Any]] | SkippedSample:
-        path = self.found.paths[index]
-        try:
-            image = read_rgb(path)
-        except UnreadableImageError as err:
-            if self.on_error == "raise":
-                raise ValueError(f"cannot read image {path}: {err.reason}") from None
-            return SkippedSample(path, err.reason)
-        image = self.transform(image) if self.transform is not None else image
-        return image, {"target": self.targets[index], "index": index}
+        image = read_or_skip(self.found.paths[index], self.transform, self.on_error)
+        return image if isinstance(image, SkippedSample) else (image, {"target": self.targets[index], "index": index})
 
 
 # ----------------------------------------------------------------------------------------------------------- demo

@@ -84,17 +84,10 @@ class _Setup:
 
 
 def _classification_data(dcfg: dict[str, Any], limit: int) -> tuple[torch.Tensor, torch.Tensor]:
-    from timm.data import create_transform
-
     from ..data.fashion_mnist import FashionMNIST
+    from ..tasks.classification.data import eval_transform
 
-    transform = create_transform(
-        input_size=tuple(dcfg["input_size"]),
-        crop_pct=dcfg["crop_pct"],
-        interpolation=dcfg["interpolation"],
-        mean=tuple(dcfg["mean"]),
-        std=tuple(dcfg["std"]),
-    )
+    transform = eval_transform(dcfg)
     data = FashionMNIST(split="test", limit=limit, transform=transform)
     images, labels = zip(*(data[i] for i in range(len(data))))
     return torch.stack(images), torch.tensor(labels)

@@ -13,7 +13,7 @@ from ...data.fashion_mnist import FashionMNIST
 from ...data.folder import ImageFolderDataset, collate_skipping
 from ...data.tensor_pipeline import BatchWarpCollate, TensorImageDataset
 
-__all__ = ["build_datasets", "build_transform", "collate_for", "collate_skipping", "data_config"]
+__all__ = ["build_datasets", "build_transform", "collate_for", "collate_skipping", "data_config", "eval_transform"]
 
 
 def collate_for(dataset: Dataset) -> Callable:
@@ -76,9 +76,16 @@ def data_config(cfg: dict[str, Any], model_cfg: dict[str, Any] | None = None) ->
     }
 
 
+def eval_transform(dcfg: dict[str, Any]) -> Callable:
+    """timm's evaluation transform of a data config (``input_size``, ``crop_pct``, ``interpolation``, ``mean``,
+    ``std``, optionally ``crop_mode``): PIL image -> normalised ``[3, H, W]`` tensor. Lists (from JSON) become
+    tuples."""
+    return create_transform(**{k: tuple(v) if isinstance(v, list) else v for k, v in dcfg.items()}, is_training=False)
+
+
 def build_transform(cfg: dict[str, Any], dcfg: dict[str, Any], train: bool) -> Callable:
     if not train:
-        return create_transform(**dcfg, is_training=False)
+        return eval_transform(dcfg)
     a = cfg["aug"]
     policy = a["auto_augment"] or None
     try:

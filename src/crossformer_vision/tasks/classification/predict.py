@@ -8,12 +8,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from timm.data import create_transform
 
 from ...data.folder import image_paths, load_rgb
 from ...engine.loading import load_model
 from ...engine.trainer import autocast_context
 from .config import DEFAULTS, PATH_KEYS
+from .data import eval_transform
 from .model import data_config_of
 
 __all__ = ["predict_images", "results_json"]
@@ -38,13 +38,7 @@ def predict_images(
     model = loaded.model.to(dev).eval()
     amp = loaded.run_config(DEFAULTS, PATH_KEYS)["train"]["amp"] if loaded.config or loaded.run_dir else None
     dcfg = data_config_of(loaded)
-    transform = create_transform(
-        input_size=tuple(dcfg["input_size"]),
-        crop_pct=dcfg["crop_pct"],
-        interpolation=dcfg["interpolation"],
-        mean=tuple(dcfg["mean"]),
-        std=tuple(dcfg["std"]),
-    )
+    transform = eval_transform(dcfg)
     classes = loaded.classes
     results = []
     paths = image_paths(inputs)

@@ -8,7 +8,6 @@ Every sample is ``(image, {"target": float [K] in {1, 0, -1}, "index": int})``; 
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -114,10 +113,3 @@ def build_datasets(
         raise ValueError(f"the classes of {d['val_split']} differ from those of {d['train_split']}")
     val_ds = MultiLabelImages(found, build_transform(cfg, dcfg, False), d["on_error"])
     return train_ds, _limit(val_ds, d["val_limit"]), found.classes
-
-
-def eval_transform(dcfg: dict[str, Any]) -> Callable:
-    """The evaluation transform of a stored data config (predict)."""
-    from timm.data import create_transform
-
-    return create_transform(**dcfg, is_training=False)

@@ -16,9 +16,9 @@ from ...data.images import image_paths, read_rgb
 from ...engine.loading import load_model
 from ...engine.plots import _pyplot
 from ...engine.trainer import autocast_context
+from ..classification.data import eval_transform
 from ..classification.model import _data_config
 from .config import DEFAULTS, PATH_KEYS
-from .data import eval_transform
 
 __all__ = ["draw_maps", "predict_images", "results_json"]
 
