@@ -83,8 +83,8 @@ DEFAULTS: dict[str, Any] = {
         "decay_epochs": 4,  # step: x decay_rate every decay_epochs (the paper: 4 for VOC, 5 for COCO / WIDER)
         "decay_rate": 0.1,
         "warmup_epochs": 2.0,
-        "warmup_lr": 0.0,  # linear warm-up from this (absolute) to each group's learning rate
-        "min_lr": 0.0,
+        "warmup_lr": 0.0,  # linear warm-up from this to each group's learning rate; per base_batch, scaled like lr
+        "min_lr": 0.0,  # per base_batch, scaled like lr
     },
     "train": {
         "batch_size": 16,

@@ -15,6 +15,7 @@ from torch import nn
 from ...engine.loading import model_metadata
 from ...engine.plots import plot_curves
 from ...engine.run import loop_config, prepare_run
+from ..classification.config import resolved_lr
 from ..classification.train import _architecture_args, _warn_skipped
 from .config import PATH_KEYS, RESUME_MUST_MATCH
 from .data import build_datasets, collate_for, data_config
@@ -90,9 +91,7 @@ def train(cfg: dict[str, Any], resume: str | Path | None = None, force_resume: b
         path_keys=PATH_KEYS,
         data_config={k: list(v) if isinstance(v, tuple) else v for k, v in dcfg.items()},
     )
-    global_batch = t["batch_size"] * dist.world_size * t["accum_steps"]
-    scale = global_batch / o["base_batch"]
-    lr = o["lr"] * scale
+    lr = resolved_lr(o["lr"], cfg, dist.world_size)
     extra = {"momentum": o["momentum"]} if o["name"].lower() in ("sgd", "momentum") else {"betas": tuple(o["betas"])}
     if o["name"].lower() in ("adam", "adamw"):
         extra["eps"] = o["eps"]
@@ -110,8 +109,8 @@ def train(cfg: dict[str, Any], resume: str | Path | None = None, force_resume: b
             decay_epochs=s["decay_epochs"],
             decay_rate=s["decay_rate"],
             warmup_epochs=s["warmup_epochs"],
-            warmup_lr=s["warmup_lr"] * scale,
-            min_lr=s["min_lr"] * scale,
+            warmup_lr=resolved_lr(s["warmup_lr"], cfg, dist.world_size),
+            min_lr=resolved_lr(s["min_lr"], cfg, dist.world_size),
             step_on_epochs=False,
             updates_per_epoch=steps_per_epoch,
         )
