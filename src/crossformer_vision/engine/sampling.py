@@ -18,9 +18,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
-__all__ = ["EvalShardSampler", "ResumableSampler", "SeededDataset"]
+__all__ = ["EvalShardSampler", "ResumableSampler", "SeededDataset", "eval_loader"]
 
 _MIX = 0x9E3779B97F4A7C15
 
@@ -109,6 +109,20 @@ class EvalShardSampler(Sampler):
 
     def __len__(self) -> int:
         return len(self.indices)
+
+
+def eval_loader(dataset: Dataset, dist: Any, batch_size: int, workers: int, collate_fn: Any) -> DataLoader:
+    """The evaluation loader of every task: this process's shard (:class:`EvalShardSampler`, ``dist`` a
+    ``DistInfo``), in order, with a private generator so that evaluating mid-training draws nothing from the global
+    torch RNG (the workers' base seed)."""
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=EvalShardSampler(len(dataset), dist.rank, dist.world_size),  # type: ignore[arg-type]
+        num_workers=workers,
+        collate_fn=collate_fn,
+        generator=torch.Generator(),
+    )
 
 
 class SeededDataset(Dataset):

@@ -12,12 +12,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from ...engine.config import apply_overrides
 from ...engine.distributed import DistInfo, all_reduce_sum, init_distributed
 from ...engine.loading import load_model
-from ...engine.sampling import EvalShardSampler
+from ...engine.sampling import eval_loader
 from ...engine.trainer import autocast_context
 from .config import DEFAULTS, PATH_KEYS
 from .data import build_datasets, collate_for
@@ -43,14 +43,7 @@ def evaluate_classifier(
         accuracies in percent.
     """
     dist = dist or DistInfo()
-    loader = DataLoader(
-        dataset,
-        batch_size=batch_size,
-        sampler=EvalShardSampler(len(dataset), dist.rank, dist.world_size),  # type: ignore[arg-type]
-        num_workers=workers,
-        collate_fn=collate_for(dataset),
-        generator=torch.Generator(),
-    )
+    loader = eval_loader(dataset, dist, batch_size, workers, collate_for(dataset))
     was_training = model.training
     model.eval()
     device = dist.device

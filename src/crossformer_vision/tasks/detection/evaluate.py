@@ -13,12 +13,12 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
 
 from ...data.coco import CocoDetection, detection_collate
-from ...engine import DistInfo, EvalShardSampler, all_gather_objects, apply_overrides, init_distributed, load_config
+from ...engine import DistInfo, all_gather_objects, apply_overrides, init_distributed, load_config
 from ...engine.json_safe import strict_json_dumps
 from ...engine.loading import load_model
+from ...engine.sampling import eval_loader
 from ...engine.trainer import autocast_context
 from ...utils.paths import output_dir as make_output_dir
 from .coco_eval import COCO_METRIC_NAMES, CocoEvaluator
@@ -81,14 +81,7 @@ def evaluate_detector(
         gather_fn=gather,
         backend=backend,
     )
-    loader = DataLoader(
-        dataset,
-        batch_size=batch_size,
-        sampler=EvalShardSampler(len(dataset), dist.rank, dist.world_size),
-        num_workers=workers,
-        collate_fn=detection_collate,
-        generator=torch.Generator(),
-    )
+    loader = eval_loader(dataset, dist, batch_size, workers, detection_collate)
     was_training = model.training
     model.eval()
     try:

@@ -11,12 +11,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from ...engine.config import apply_overrides
 from ...engine.distributed import DistInfo, all_reduce_sum, init_distributed
 from ...engine.loading import load_model
-from ...engine.sampling import EvalShardSampler
+from ...engine.sampling import eval_loader
 from ...engine.trainer import autocast_context
 from .config import DEFAULTS, PATH_KEYS
 from .data import build_datasets, collate_for, data_config
@@ -69,14 +69,7 @@ def evaluate_multilabel(
     """
     dist = dist or DistInfo()
     n, k = len(dataset), len(classes)  # type: ignore[arg-type]
-    loader = DataLoader(
-        dataset,
-        batch_size=batch_size,
-        sampler=EvalShardSampler(n, dist.rank, dist.world_size),  # type: ignore[arg-type]
-        num_workers=workers,
-        collate_fn=collate_for(dataset),
-        generator=torch.Generator(),
-    )
+    loader = eval_loader(dataset, dist, batch_size, workers, collate_for(dataset))
     was_training = model.training
     model.eval()
     device = dist.device

@@ -12,12 +12,12 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from ...data.segmentation import IGNORE_INDEX
 from ...engine import DistInfo, all_reduce_sum, apply_overrides, init_distributed
 from ...engine.loading import load_model
-from ...engine.sampling import EvalShardSampler
+from ...engine.sampling import eval_loader
 from .config import DEFAULTS, PATH_KEYS, InferenceSettings, build_datasets, inference_settings
 from .metrics import SegmentationMetric
 from .tta import MS_RATIOS, predict_probs
@@ -78,13 +78,7 @@ def evaluate_segmentor(
         "areas": [4, K] tensor, "examples": [...]}``.
     """
     dist = dist or DistInfo()
-    loader = DataLoader(
-        dataset,
-        batch_size=1,
-        sampler=EvalShardSampler(len(dataset), dist.rank, dist.world_size),  # type: ignore[arg-type]
-        num_workers=workers,
-        collate_fn=_single,
-    )
+    loader = eval_loader(dataset, dist, 1, workers, _single)
     metric = SegmentationMetric(num_classes, ignore_index, class_names)
     examples: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
     was_training = model.training
