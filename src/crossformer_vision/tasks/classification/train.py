@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +65,29 @@ def _step_fn(mixup: Mixup | None, criterion: nn.Module, device: torch.device, sk
     return step
 
 
+def scheduler_factory(cfg: dict[str, Any], world_size: int, **extra: Any) -> Callable:
+    """The Trainer's ``scheduler_fn(optimizer, steps_per_epoch)``: timm's scheduler of ``cfg["sched"]`` (name,
+    epochs, warm-up), stepped every update, its warm-up start and floor scaled like the learning rate
+    (:func:`resolved_lr`); ``extra``: further ``create_scheduler_v2`` arguments (``decay_epochs``, ...)."""
+    s = cfg["sched"]
+
+    def scheduler_fn(opt: torch.optim.Optimizer, steps_per_epoch: int):
+        sched, _ = create_scheduler_v2(
+            opt,
+            sched=s["name"],
+            num_epochs=s["epochs"],
+            warmup_epochs=s["warmup_epochs"],
+            warmup_lr=resolved_lr(s["warmup_lr"], cfg, world_size),
+            min_lr=resolved_lr(s["min_lr"], cfg, world_size),
+            step_on_epochs=False,
+            updates_per_epoch=steps_per_epoch,
+            **extra,
+        )
+        return sched
+
+    return scheduler_fn
+
+
 def train(cfg: dict[str, Any], resume: str | Path | None = None, force_resume: bool = False) -> dict[str, Any]:
     """Train, evaluate and report; returns the run's results (every process returns them).
 
@@ -99,20 +123,7 @@ def train(cfg: dict[str, Any], resume: str | Path | None = None, force_resume: b
     optimizer = create_optimizer_v2(
         model, opt=o["name"], lr=lr, weight_decay=o["weight_decay"], betas=tuple(o["betas"]), eps=o["eps"], **fused
     )
-    s = cfg["sched"]
-
-    def scheduler_fn(opt: torch.optim.Optimizer, steps_per_epoch: int):
-        sched, _ = create_scheduler_v2(
-            opt,
-            sched=s["name"],
-            num_epochs=s["epochs"],
-            warmup_epochs=s["warmup_epochs"],
-            warmup_lr=resolved_lr(s["warmup_lr"], cfg, dist.world_size),
-            min_lr=resolved_lr(s["min_lr"], cfg, dist.world_size),
-            step_on_epochs=False,
-            updates_per_epoch=steps_per_epoch,
-        )
-        return sched
+    scheduler_fn = scheduler_factory(cfg, dist.world_size)
 
     ema = None
     if t["ema"]:

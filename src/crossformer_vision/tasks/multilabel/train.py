@@ -9,14 +9,13 @@ from typing import Any
 import torch
 from timm.loss import AsymmetricLossMultiLabel
 from timm.optim import create_optimizer_v2
-from timm.scheduler import create_scheduler_v2
 from torch import nn
 
 from ...engine.loading import model_metadata
 from ...engine.plots import plot_curves
 from ...engine.run import loop_config, prepare_run
 from ..classification.config import resolved_lr
-from ..classification.train import _architecture_args, _warn_skipped
+from ..classification.train import _architecture_args, _warn_skipped, scheduler_factory
 from .config import PATH_KEYS, RESUME_MUST_MATCH
 from .data import build_datasets, collate_for, data_config
 from .evaluate import evaluate_multilabel, masked_bce
@@ -101,20 +100,7 @@ def train(cfg: dict[str, Any], resume: str | Path | None = None, force_resume: b
         param_groups(model, cfg, lr), opt=o["name"], lr=lr, weight_decay=o["weight_decay"], **extra
     )
 
-    def scheduler_fn(opt: torch.optim.Optimizer, steps_per_epoch: int):
-        sched, _ = create_scheduler_v2(
-            opt,
-            sched=s["name"],
-            num_epochs=s["epochs"],
-            decay_epochs=s["decay_epochs"],
-            decay_rate=s["decay_rate"],
-            warmup_epochs=s["warmup_epochs"],
-            warmup_lr=resolved_lr(s["warmup_lr"], cfg, dist.world_size),
-            min_lr=resolved_lr(s["min_lr"], cfg, dist.world_size),
-            step_on_epochs=False,
-            updates_per_epoch=steps_per_epoch,
-        )
-        return sched
+    scheduler_fn = scheduler_factory(cfg, dist.world_size, decay_epochs=s["decay_epochs"], decay_rate=s["decay_rate"])
 
     skipped: list = []
     train_model: nn.Module = torch.compile(model) if cfg["model"]["compile"] else model
